@@ -1,0 +1,12 @@
+//! Guest-visible devices other than the IOMMU: the PCI Express root complex
+//! and its config space, legacy PC devices, the IOAPIC and virtio over PCI.
+//!
+//! Devices never talk to KVM directly: interrupts leave through the
+//! [`interrupt::MsiRouter`] seam and DMA goes through `viommu::DmaMemory`, so
+//! an IOMMU can sit on both paths without the devices knowing.
+
+pub mod interrupt;
+pub mod ioapic;
+pub mod legacy;
+pub mod pci;
+pub mod virtio;

@@ -1,0 +1,241 @@
+//! The DMA address space of one PCI endpoint.
+//!
+//! Devices access guest memory through [`DmaMemory`], which is vm-memory's
+//! `IommuMemory` over the guest RAM with a [`DmaSpace`] as its IOMMU. When the
+//! endpoint is not behind a translating IOMMU the space is disabled and
+//! accesses go straight to guest physical addresses; otherwise every access is
+//! translated by the IOMMU model for this endpoint's requester ID.
+//!
+//! The model keeps its own IOTLB (with the invalidation rules of its
+//! architecture), so this layer deliberately keeps no cache of its own: a
+//! translation is only valid for the access it was made for, and an
+//! invalidation in the model can never leave a stale entry here.
+
+use std::fmt::{self, Debug};
+use std::sync::Arc;
+
+use vm_memory::iommu::{Error as IommuError, Iommu, IotlbIterator};
+use vm_memory::{GuestAddress, IommuMemory, Iotlb, Permissions};
+
+/// Guest RAM as mapped into the VMM.
+pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
+
+/// What a device uses to reach memory by DMA.
+pub type DmaMemory = IommuMemory<GuestMemoryMmap, DmaSpace>;
+
+/// The kind of access a DMA makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Write,
+    ReadWrite,
+}
+
+impl From<Permissions> for Access {
+    fn from(p: Permissions) -> Self {
+        match p {
+            Permissions::Write => Access::Write,
+            Permissions::ReadWrite => Access::ReadWrite,
+            // A request for no access at all is checked like a read.
+            Permissions::Read | Permissions::No => Access::Read,
+        }
+    }
+}
+
+/// One contiguous piece of a translated range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Translation {
+    pub iova: u64,
+    pub gpa: u64,
+    pub len: u64,
+}
+
+/// Why a DMA could not be translated. The model has already recorded the
+/// fault the way its architecture prescribes; this only tells the device that
+/// the access must fail.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DmaFault {
+    #[error("DMA to {iova:#x} (+{len}) was blocked by the IOMMU: {reason}")]
+    Blocked { iova: u64, len: u64, reason: String },
+    #[error("DMA range {iova:#x} (+{len}) overflows the address space")]
+    Overflow { iova: u64, len: u64 },
+}
+
+/// The IOMMU model's side of the seam.
+pub trait Translate: Send + Sync {
+    /// Translates `[iova, iova + len)` for `requester_id` (bus/dev/fn) and an
+    /// optional PASID, returning pieces that cover the whole range in order.
+    fn translate(
+        &self,
+        requester_id: u16,
+        pasid: Option<u32>,
+        iova: u64,
+        len: u64,
+        access: Access,
+    ) -> Result<Vec<Translation>, DmaFault>;
+}
+
+/// The DMA address space of one endpoint.
+#[derive(Clone)]
+pub struct DmaSpace {
+    requester_id: u16,
+    translator: Option<Arc<dyn Translate>>,
+}
+
+impl Debug for DmaSpace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DmaSpace")
+            .field("requester_id", &format_args!("{:#06x}", self.requester_id))
+            .field("translated", &self.translator.is_some())
+            .finish()
+    }
+}
+
+impl DmaSpace {
+    /// An untranslated space: IOVA = guest physical address.
+    pub fn identity(requester_id: u16) -> Self {
+        DmaSpace {
+            requester_id,
+            translator: None,
+        }
+    }
+
+    /// A space translated by an IOMMU model.
+    pub fn translated(requester_id: u16, translator: Arc<dyn Translate>) -> Self {
+        DmaSpace {
+            requester_id,
+            translator: Some(translator),
+        }
+    }
+
+    pub fn requester_id(&self) -> u16 {
+        self.requester_id
+    }
+
+    /// Builds the memory view a device uses for its DMA.
+    pub fn into_memory(self, ram: GuestMemoryMmap) -> DmaMemory {
+        let translated = self.translator.is_some();
+        IommuMemory::new(ram, self, translated, ())
+    }
+
+    fn resolve(&self, iova: u64, len: u64, access: Access) -> Result<Iotlb, DmaFault> {
+        if iova.checked_add(len).is_none() {
+            return Err(DmaFault::Overflow { iova, len });
+        }
+        let mut tlb = Iotlb::new();
+        match &self.translator {
+            None => {
+                // Never reached through IommuMemory (the space is disabled), but
+                // keep the identity meaning if it is.
+                let _ = tlb.set_mapping(
+                    GuestAddress(iova),
+                    GuestAddress(iova),
+                    len as usize,
+                    Permissions::ReadWrite,
+                );
+            }
+            Some(t) => {
+                for piece in t.translate(self.requester_id, None, iova, len, access)? {
+                    let perm = match access {
+                        Access::Read => Permissions::Read,
+                        Access::Write => Permissions::Write,
+                        Access::ReadWrite => Permissions::ReadWrite,
+                    };
+                    if piece.iova.checked_add(piece.len).is_none()
+                        || piece.gpa.checked_add(piece.len).is_none()
+                    {
+                        return Err(DmaFault::Overflow { iova, len });
+                    }
+                    let _ = tlb.set_mapping(
+                        GuestAddress(piece.iova),
+                        GuestAddress(piece.gpa),
+                        piece.len as usize,
+                        perm,
+                    );
+                }
+            }
+        }
+        Ok(tlb)
+    }
+}
+
+impl Iommu for DmaSpace {
+    type IotlbGuard<'a> = Box<Iotlb>;
+
+    fn translate(
+        &self,
+        iova: GuestAddress,
+        length: usize,
+        access: Permissions,
+    ) -> Result<IotlbIterator<Self::IotlbGuard<'_>>, IommuError> {
+        let len = length as u64;
+        let tlb = self
+            .resolve(iova.0, len, Access::from(access))
+            .map_err(|e| IommuError::CannotResolve {
+                iova_range: vm_memory::iommu::IovaRange { base: iova, length },
+                reason: e.to_string(),
+            })?;
+        Iotlb::lookup(Box::new(tlb), iova, length, access).map_err(|_| IommuError::CannotResolve {
+            iova_range: vm_memory::iommu::IovaRange { base: iova, length },
+            reason: "the IOMMU did not cover the whole range".into(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::{Bytes, GuestMemory};
+
+    fn ram() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap()
+    }
+
+    struct Offset(u64);
+    impl Translate for Offset {
+        fn translate(
+            &self,
+            _rid: u16,
+            _pasid: Option<u32>,
+            iova: u64,
+            len: u64,
+            _access: Access,
+        ) -> Result<Vec<Translation>, DmaFault> {
+            if iova < 0x1000 {
+                return Err(DmaFault::Blocked {
+                    iova,
+                    len,
+                    reason: "unmapped".into(),
+                });
+            }
+            Ok(vec![Translation {
+                iova,
+                gpa: iova - self.0,
+                len,
+            }])
+        }
+    }
+
+    #[test]
+    fn identity_space_reaches_guest_physical() {
+        let mem = DmaSpace::identity(8).into_memory(ram());
+        mem.write_obj(0xabcdu32, GuestAddress(0x100)).unwrap();
+        assert_eq!(mem.read_obj::<u32>(GuestAddress(0x100)).unwrap(), 0xabcd);
+        assert!(!mem.check_range(GuestAddress(0xfff0), 0x20, Permissions::Read));
+    }
+
+    #[test]
+    fn translated_space_goes_through_the_model() {
+        let ram = ram();
+        let mem = DmaSpace::translated(8, Arc::new(Offset(0x1000))).into_memory(ram.clone());
+        mem.write_obj(0x1234u32, GuestAddress(0x2000)).unwrap();
+        assert_eq!(ram.read_obj::<u32>(GuestAddress(0x1000)).unwrap(), 0x1234);
+        assert!(mem.read_obj::<u32>(GuestAddress(0x10)).is_err());
+    }
+
+    #[test]
+    fn overflowing_range_faults_without_panic() {
+        let mem = DmaSpace::translated(8, Arc::new(Offset(0))).into_memory(ram());
+        assert!(mem.read_obj::<u64>(GuestAddress(u64::MAX - 2)).is_err());
+    }
+}

@@ -1,0 +1,10 @@
+//! Everything IOMMU.
+//!
+//! Today this crate owns the DMA seam: every emulated device reaches guest
+//! memory through a [`DmaSpace`], one per PCI endpoint. Without an IOMMU the
+//! space is the identity; an emulated IOMMU plugs in as a [`Translate`]
+//! implementation, without any device having to change.
+
+pub mod dma;
+
+pub use dma::{Access, DmaFault, DmaMemory, DmaSpace, GuestMemoryMmap, Translate, Translation};

@@ -1,0 +1,181 @@
+//! The command line: a contract other tools drive, so names are stable.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// A virtual machine monitor with an emulated IOMMU.
+#[derive(Parser, Debug)]
+#[command(name = "vmm", version, about)]
+pub struct Cli {
+    /// Linux bzImage to boot.
+    #[arg(long, value_name = "FILE")]
+    pub kernel: PathBuf,
+    /// Initial ramdisk.
+    #[arg(long, value_name = "FILE")]
+    pub initramfs: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, value_name = "STR", default_value = "console=ttyS0")]
+    pub cmdline: String,
+    /// Guest RAM, e.g. 512M or 2G.
+    #[arg(long, value_name = "SIZE", default_value = "512M", value_parser = parse_size)]
+    pub memory: u64,
+    /// Number of vCPUs (1-254).
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_cpus)]
+    pub cpus: u8,
+    /// A virtio-blk disk: path=FILE[,readonly=on][,iommu=on]. Repeatable.
+    #[arg(long, value_name = "SPEC", value_parser = parse_disk)]
+    pub disk: Vec<DiskConfig>,
+    /// Print device and IOMMU counters to stderr when the VMM exits.
+    #[arg(long)]
+    pub counters: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    pub readonly: bool,
+    pub iommu: bool,
+}
+
+/// Smallest and largest guest RAM accepted.
+const MIN_MEMORY: u64 = 64 << 20;
+const MAX_MEMORY: u64 = 1 << 40;
+
+/// Parses `512M`, `2G`, `1048576K` or a plain byte count.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, shift) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(format!("unknown size suffix in '{s}' (use K, M, G or T)")),
+            };
+            (&s[..i], shift)
+        }
+        _ => (s, 0),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size like 512M or 2G"))?;
+    let bytes = n
+        .checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("size '{s}' is too large"))?;
+    if !(MIN_MEMORY..=MAX_MEMORY).contains(&bytes) {
+        return Err(format!("memory size '{s}' must be between 64M and 1T"));
+    }
+    if bytes % 4096 != 0 {
+        return Err(format!("memory size '{s}' is not a multiple of 4 KiB"));
+    }
+    Ok(bytes)
+}
+
+fn parse_cpus(s: &str) -> Result<u8, String> {
+    match s.trim().parse::<u32>() {
+        Ok(n) if (1..=254).contains(&n) => Ok(n as u8),
+        _ => Err(format!("'{s}' is not a CPU count between 1 and 254")),
+    }
+}
+
+fn parse_on_off(key: &str, v: &str) -> Result<bool, String> {
+    match v {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("{key}={v}: expected on or off")),
+    }
+}
+
+/// Parses `path=FILE[,readonly=on][,iommu=on]`.
+pub fn parse_disk(s: &str) -> Result<DiskConfig, String> {
+    let mut path = None;
+    let mut readonly = false;
+    let mut iommu = false;
+    for part in s.split(',') {
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| format!("'{part}' in disk spec is not key=value"))?;
+        match k {
+            "path" if !v.is_empty() => path = Some(PathBuf::from(v)),
+            "readonly" => readonly = parse_on_off(k, v)?,
+            "iommu" => iommu = parse_on_off(k, v)?,
+            _ => return Err(format!("unknown or empty disk option '{part}'")),
+        }
+    }
+    let path = path.ok_or("disk spec needs path=FILE")?;
+    Ok(DiskConfig {
+        path,
+        readonly,
+        iommu,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert_eq!(parse_size("131072K"), Ok(128 << 20));
+        assert!(parse_size("12X").is_err());
+        assert!(parse_size("M").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("-1G").is_err());
+        assert!(parse_size("1M").is_err(), "too small");
+        assert!(parse_size("99999999999999G").is_err(), "overflow");
+        assert!(parse_size("67108865").is_err(), "not page aligned");
+    }
+
+    #[test]
+    fn cpus() {
+        assert_eq!(parse_cpus("4"), Ok(4));
+        assert!(parse_cpus("0").is_err());
+        assert!(parse_cpus("255").is_err());
+        assert!(parse_cpus("many").is_err());
+    }
+
+    #[test]
+    fn disks() {
+        assert_eq!(
+            parse_disk("path=/a.img,readonly=on,iommu=on"),
+            Ok(DiskConfig {
+                path: "/a.img".into(),
+                readonly: true,
+                iommu: true
+            })
+        );
+        assert!(parse_disk("readonly=on").is_err());
+        assert!(parse_disk("path=").is_err());
+        assert!(parse_disk("path=/a,readonly=yes").is_err());
+        assert!(parse_disk("path=/a,bogus=1").is_err());
+        assert!(parse_disk("/a.img").is_err());
+    }
+
+    #[test]
+    fn full_command_line() {
+        let cli = Cli::try_parse_from([
+            "vmm",
+            "--kernel",
+            "bz",
+            "--memory",
+            "1G",
+            "--cpus",
+            "4",
+            "--disk",
+            "path=d.img",
+            "--disk",
+            "path=e.img,iommu=on",
+        ])
+        .unwrap();
+        assert_eq!(cli.memory, 1 << 30);
+        assert_eq!(cli.cpus, 4);
+        assert_eq!(cli.disk.len(), 2);
+        assert!(Cli::try_parse_from(["vmm"]).is_err(), "kernel is required");
+        assert!(Cli::try_parse_from(["vmm", "--kernel", "k", "--cpus", "0"]).is_err());
+    }
+}

@@ -1,0 +1,120 @@
+//! KVM side of the interrupt seam: MSI routes, irqfds and ioeventfds.
+//!
+//! With the split irqchip every interrupt the VMM delivers is an MSI:
+//! device vectors are GSIs with MSI routes (driven by irqfds), and the
+//! I/O APIC sends messages directly. The GSI routing table is owned here and
+//! rewritten as a whole, as KVM requires.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use devices::interrupt::{IoEventRegistry, MsiMessage, MsiRouter};
+use kvm_bindings::{kvm_irq_routing_entry, kvm_msi, KvmIrqRouting, KVM_IRQ_ROUTING_MSI};
+use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
+use vmm_sys_util::eventfd::EventFd;
+
+/// GSIs below this are the I/O APIC's pins (reserved with the split irqchip).
+const FIRST_MSI_GSI: u32 = 24;
+/// KVM's limit on the routing table (KVM_MAX_IRQ_ROUTES).
+const MAX_GSI: u32 = 4096;
+
+pub struct KvmMsiRouter {
+    vm: Arc<VmFd>,
+    routes: Mutex<BTreeMap<u32, kvm_irq_routing_entry>>,
+    next_gsi: AtomicU32,
+}
+
+impl KvmMsiRouter {
+    pub fn new(vm: Arc<VmFd>) -> Self {
+        KvmMsiRouter {
+            vm,
+            routes: Mutex::new(BTreeMap::new()),
+            next_gsi: AtomicU32::new(FIRST_MSI_GSI),
+        }
+    }
+
+    fn commit(&self, routes: &BTreeMap<u32, kvm_irq_routing_entry>) -> io::Result<()> {
+        let entries: Vec<_> = routes.values().copied().collect();
+        let table = KvmIrqRouting::from_entries(&entries)
+            .map_err(|_| io::Error::other("too many interrupt routes"))?;
+        self.vm
+            .set_gsi_routing(&table)
+            .map_err(|e| io::Error::from_raw_os_error(e.errno()))
+    }
+}
+
+impl MsiRouter for KvmMsiRouter {
+    fn send(&self, _requester_id: u16, msg: MsiMessage) -> io::Result<()> {
+        let msi = kvm_msi {
+            address_lo: msg.address as u32,
+            address_hi: (msg.address >> 32) as u32,
+            data: msg.data,
+            ..Default::default()
+        };
+        self.vm
+            .signal_msi(msi)
+            .map(|_| ())
+            .map_err(|e| io::Error::from_raw_os_error(e.errno()))
+    }
+
+    fn allocate_gsi(&self) -> io::Result<u32> {
+        let gsi = self.next_gsi.fetch_add(1, Ordering::SeqCst);
+        if gsi >= MAX_GSI {
+            return Err(io::Error::other("out of interrupt routes"));
+        }
+        Ok(gsi)
+    }
+
+    fn register_irqfd(&self, fd: &EventFd, gsi: u32) -> io::Result<()> {
+        self.vm
+            .register_irqfd(fd, gsi)
+            .map_err(|e| io::Error::from_raw_os_error(e.errno()))
+    }
+
+    fn set_route(&self, gsi: u32, _requester_id: u16, msg: Option<MsiMessage>) -> io::Result<()> {
+        let mut routes = self
+            .routes
+            .lock()
+            .map_err(|_| io::Error::other("route table lock poisoned"))?;
+        match msg {
+            Some(m) => {
+                let mut e = kvm_irq_routing_entry {
+                    gsi,
+                    type_: KVM_IRQ_ROUTING_MSI,
+                    ..Default::default()
+                };
+                e.u.msi.address_lo = m.address as u32;
+                e.u.msi.address_hi = (m.address >> 32) as u32;
+                e.u.msi.data = m.data;
+                routes.insert(gsi, e);
+            }
+            None => {
+                if routes.remove(&gsi).is_none() {
+                    return Ok(());
+                }
+            }
+        }
+        self.commit(&routes)
+    }
+}
+
+/// KVM ioeventfds for doorbell registers.
+pub struct KvmIoEvents {
+    pub vm: Arc<VmFd>,
+}
+
+impl IoEventRegistry for KvmIoEvents {
+    fn register_mmio(&self, fd: &EventFd, addr: u64) -> io::Result<()> {
+        self.vm
+            .register_ioevent(fd, &IoEventAddress::Mmio(addr), NoDatamatch)
+            .map_err(|e| io::Error::from_raw_os_error(e.errno()))
+    }
+
+    fn unregister_mmio(&self, fd: &EventFd, addr: u64) -> io::Result<()> {
+        self.vm
+            .unregister_ioevent(fd, &IoEventAddress::Mmio(addr), NoDatamatch)
+            .map_err(|e| io::Error::from_raw_os_error(e.errno()))
+    }
+}
