@@ -1,1 +1,222 @@
+//! The harness that boots real guests for the integration tests.
+//!
+//! The machines that run these tests cannot run an ordinary guest on their
+//! own /dev/kvm, so every guest runs inside an L1 Linux under QEMU TCG with
+//! nested SVM (resources/run-l1.sh). Inside L1 the host's files are visible
+//! read-only at their usual paths, and one scratch directory per test is
+//! shared read-write: disk images live there so the host can check what the
+//! guest wrote after the VMM exits.
+//!
+//! The guest is Debian's stock kernel (resources/guest-kernel.sh) with a
+//! busybox initramfs whose init runs a test script from `tests/guest/` and
+//! powers off.
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+/// One L1 at a time: two TCG machines on two cores only slow each other.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the repository")
+        .to_path_buf()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"))
+}
+
+/// The `vmm` binary of the same profile as this test (built by the test command).
+pub fn vmm_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("VMM_BIN") {
+        return PathBuf::from(p);
+    }
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    let p = target_dir().join(profile).join("vmm");
+    assert!(
+        p.exists(),
+        "{} is missing: build it first (cargo build --release --bins)",
+        p.display()
+    );
+    p
+}
+
+/// Directory of the cached guest kernel (vmlinuz + modules).
+pub fn guest_kernel_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = Command::new("bash")
+            .arg(repo_root().join("resources/guest-kernel.sh"))
+            .output()
+            .expect("run resources/guest-kernel.sh");
+        assert!(
+            out.status.success(),
+            "guest-kernel.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let s = String::from_utf8_lossy(&out.stdout);
+        PathBuf::from(
+            s.lines()
+                .last()
+                .expect("guest-kernel.sh printed a path")
+                .trim(),
+        )
+    })
+    .clone()
+}
+
+pub fn guest_kernel() -> PathBuf {
+    guest_kernel_dir().join("vmlinuz")
+}
+
+/// A fresh scratch directory for one test, shared read-write with L1.
+pub fn scratch(name: &str) -> PathBuf {
+    let d = target_dir().join("guest-tests").join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("create scratch dir");
+    d
+}
+
+/// Builds a busybox initramfs running `tests/guest/<script>` with `modules` loaded.
+pub fn initramfs(scratch: &Path, script: &str, modules: &[&str]) -> PathBuf {
+    let out = scratch.join(format!("{script}.cpio.gz"));
+    let status = Command::new("bash")
+        .arg(repo_root().join("resources/mkinitramfs.sh"))
+        .arg(&out)
+        .arg(repo_root().join("tests/guest").join(script))
+        .args(modules)
+        .status()
+        .expect("run mkinitramfs.sh");
+    assert!(status.success(), "mkinitramfs.sh failed for {script}");
+    out
+}
+
+/// Creates a zero-filled disk image of `size` bytes.
+pub fn disk_image(path: &Path, size: u64) {
+    let f = std::fs::File::create(path).expect("create disk image");
+    f.set_len(size).expect("size disk image");
+}
+
+/// What one L1 run produced.
+pub struct L1Run {
+    /// Everything the L1 console printed (the command's stdout and stderr).
+    pub output: String,
+    /// The command's exit status inside L1 (125: L1 did not report one).
+    pub status: i32,
+    pub elapsed: Duration,
+}
+
+impl L1Run {
+    /// The value after `KEY=` on the first line that has it.
+    pub fn value(&self, key: &str) -> Option<String> {
+        let pat = format!("{key}=");
+        self.output.lines().find_map(|l| {
+            let i = l.find(&pat)?;
+            Some(
+                l[i + pat.len()..]
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or("")
+                    .to_string(),
+            )
+        })
+    }
+
+    pub fn has_line(&self, needle: &str) -> bool {
+        self.output.lines().any(|l| l.contains(needle))
+    }
+}
+
+/// Runs `command` inside L1 with `scratch` shared read-write.
+pub fn run_in_l1(scratch: &Path, command: &[String]) -> L1Run {
+    let start = Instant::now();
+    let out = Command::new("bash")
+        .arg(repo_root().join("resources/run-l1.sh"))
+        .arg("--disk-scratch")
+        .arg(scratch)
+        .arg("--")
+        .args(command)
+        .output()
+        .expect("run resources/run-l1.sh");
+    let mut output = String::from_utf8_lossy(&out.stdout).into_owned();
+    output.push_str(&String::from_utf8_lossy(&out.stderr));
+    let run = L1Run {
+        output,
+        status: out.status.code().unwrap_or(-1),
+        elapsed: start.elapsed(),
+    };
+    // Keep the console log next to the disk images for post-mortems.
+    let _ = std::fs::write(scratch.join("console.log"), &run.output);
+    run
+}
+
+/// The VMM command line for a guest.
+pub struct VmmArgs {
+    pub memory: &'static str,
+    pub cpus: u8,
+    pub initramfs: PathBuf,
+    pub cmdline: String,
+    pub disks: Vec<String>,
+    pub extra: Vec<String>,
+}
+
+impl VmmArgs {
+    pub fn new(initramfs: PathBuf) -> Self {
+        VmmArgs {
+            memory: "512M",
+            cpus: 1,
+            initramfs,
+            cmdline: "console=ttyS0 quiet panic=-1".into(),
+            disks: Vec::new(),
+            extra: Vec::new(),
+        }
+    }
+
+    pub fn command(&self) -> Vec<String> {
+        let mut c = vec![
+            vmm_binary().display().to_string(),
+            "--kernel".into(),
+            guest_kernel().display().to_string(),
+            "--initramfs".into(),
+            self.initramfs.display().to_string(),
+            "--cmdline".into(),
+            self.cmdline.clone(),
+            "--memory".into(),
+            self.memory.into(),
+            "--cpus".into(),
+            self.cpus.to_string(),
+        ];
+        for d in &self.disks {
+            c.push("--disk".into());
+            c.push(d.clone());
+        }
+        c.extend(self.extra.iter().cloned());
+        c
+    }
+}
+
+/// SHA-256 of the first `len` bytes of `path`, as sha256sum prints it.
+pub fn sha256_prefix(path: &Path, len: u64) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "head -c {len} '{}' | sha256sum | cut -d' ' -f1",
+            path.display()
+        ))
+        .output()
+        .expect("sha256sum");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}

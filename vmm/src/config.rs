@@ -52,7 +52,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
                 'M' => 20,
                 'G' => 30,
                 'T' => 40,
-                _ => return Err(format!("unknown size suffix in '{s}' (use K, M, G or T)")),
+                _ => {
+                    return Err(format!(
+                        "'{s}' is not a size like 512M or 2G (unknown suffix; use K, M, G or T)"
+                    ))
+                }
             };
             (&s[..i], shift)
         }

@@ -39,10 +39,15 @@ fn main() {
                 let _ = e.print();
                 std::process::exit(0);
             }
-            // One line: clap's first line is the error itself.
+            // One line: clap's message up to its usage block, joined.
             let msg = e.to_string();
-            let first = msg.lines().next().unwrap_or("invalid command line");
-            eprintln!("vmm: {}", first.trim_start_matches("error: "));
+            let text: Vec<&str> = msg
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            let line = text.join(" ");
+            eprintln!("vmm: {}", line.trim_start_matches("error: "));
             std::process::exit(EXIT_USAGE);
         }
     };

@@ -295,13 +295,7 @@ impl VirtioPciDevice {
             (0x18, 2) => self.queues.get(q).map_or(0, |x| x.size() as u64),
             (0x1a, 2) => qv(self).unwrap_or(NO_VECTOR) as u64,
             (0x1c, 2) => self.queues.get(q).map_or(0, |x| x.ready() as u64),
-            (0x1e, 2) => {
-                if q < self.queues.len() {
-                    q as u64
-                } else {
-                    0
-                }
-            }
+            (0x1e, 2) if q < self.queues.len() => q as u64,
             (0x20, 4) => self
                 .queues
                 .get(q)
@@ -374,7 +368,7 @@ impl VirtioPciDevice {
                 let Some(queue) = self.selected_queue() else {
                     return;
                 };
-                let (lo, hi) = if offset % 8 == 0 {
+                let (lo, hi) = if offset.is_multiple_of(8) {
                     (Some(v as u32), None)
                 } else {
                     (None, Some(v as u32))

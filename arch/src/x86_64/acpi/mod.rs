@@ -11,8 +11,13 @@
 //! Linux also finds it by scanning that BIOS area on 16-byte boundaries, then
 //! each table 16-byte aligned, the XSDT last as it needs every other address.
 
+pub mod dmar;
 mod dsdt;
 
+pub use dmar::{
+    dmar_table, try_dmar_table, DeviceScope, DeviceScopeKind, DmarConfig, DmarError, DrhdConfig,
+    SatcConfig,
+};
 pub use dsdt::dsdt;
 
 use acpi_tables::{

@@ -66,11 +66,7 @@ impl Block {
                 self.broken = true;
                 break;
             }
-            loop {
-                let mut chain = match active.queue.pop_descriptor_chain(mem) {
-                    Some(c) => c,
-                    None => break,
-                };
+            while let Some(mut chain) = active.queue.pop_descriptor_chain(mem) {
                 let head = chain.head_index();
                 self.counters.requests.fetch_add(1, Ordering::Relaxed);
                 let len = match self.disk.process(&mut chain) {

@@ -1,0 +1,153 @@
+#!/bin/bash
+# Runs a host command inside an L1 Linux guest that has a working /dev/kvm.
+#
+# Usage: run-l1.sh [--disk-scratch DIR] [--env NAME]... -- COMMAND [ARG...]
+#
+# The host's /dev/kvm cannot run ordinary guests, so this boots Debian's 6.12
+# kernel (resources/guest-kernel.sh) as an L1 under QEMU TCG with `-cpu max`,
+# which offers SVM with nested paging; the L1 loads kvm-amd. The host's root
+# filesystem is shared read-only over virtio-9p and mounted in L1 at /host
+# under a tmpfs overlay (so the command can write anywhere; those writes live
+# in L1's RAM and are discarded). L1's /dev, /proc and /sys are bind-mounted
+# over /host/dev, /host/proc, /host/sys, and COMMAND runs by `chroot /host`
+# in the caller's working directory with stdin from /dev/null: host-built
+# binaries run unchanged and use L1's /dev/kvm.
+#
+#   --disk-scratch DIR  share host DIR read-write; inside the chroot it is at
+#                       the same absolute path (also in $VMM_SCRATCH). Use it
+#                       for disk images and for results that must survive.
+#   --env NAME          forward host variable NAME (repeatable). PATH, HOME,
+#                       USER, LANG, CI, RUST_BACKTRACE and RUST_LOG are
+#                       always forwarded if set; VMM_IN_L1=1 is set.
+#
+# All L1 console output (the command's stdout/stderr) goes to stdout. The exit
+# status is COMMAND's, read from the `L1-EXIT-STATUS=<n>` line the L1 prints
+# last; 125 if that line never appeared (timeout, panic, boot failure).
+#
+# Env: L1_TIMEOUT (seconds, default 600), L1_MEM (MiB, default 6144),
+#      L1_SMP (default 2), L1_APPEND (extra L1 kernel arguments, e.g.
+#      loglevel=7 to see its boot), VMM_CACHE (default ~/.cache/vmm).
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+usage() { echo "usage: $0 [--disk-scratch DIR] [--env NAME]... -- COMMAND [ARG...]" >&2; exit 2; }
+
+scratch="" envs=(PATH HOME USER LANG CI RUST_BACKTRACE RUST_LOG)
+while [ $# -gt 0 ]; do
+    case $1 in
+        --disk-scratch) [ $# -ge 2 ] || usage; scratch=$2; shift 2 ;;
+        --env) [ $# -ge 2 ] || usage; envs+=("$2"); shift 2 ;;
+        --) shift; break ;;
+        *) usage ;;
+    esac
+done
+[ $# -ge 1 ] || usage
+
+command -v qemu-system-x86_64 >/dev/null ||
+    { echo "run-l1: qemu-system-x86_64 missing (run resources/host-setup.sh)" >&2; exit 125; }
+CACHE=${VMM_CACHE:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/vmm}
+kdir=$("$here/guest-kernel.sh" | tail -n1)
+
+# The L1's test script (run by mkinitramfs.sh's /init after module loading).
+# It gets the host path of the per-run directory from the kernel command line.
+# shellcheck disable=SC2016  # expanded by the L1's shell, not here
+l1_init='#!/bin/sh
+for w in $(cat /proc/cmdline); do
+    case $w in vmm.run=*) run=${w#vmm.run=} ;; esac
+done
+p9="trans=virtio,version=9p2000.L,msize=512000"
+mkdir -p /lower /upper /host
+if ! mount -t 9p -o "$p9,ro,cache=loose" host /lower; then
+    echo "L1: cannot mount the host 9p share"; exit 1
+fi
+mount -t tmpfs -o mode=755 tmpfs /upper
+mkdir -p /upper/data /upper/work
+if ! mount -t overlay -o lowerdir=/lower,upperdir=/upper/data,workdir=/upper/work overlay /host; then
+    echo "L1: overlay failed; host root is read-only, /tmp is an empty tmpfs"
+    mount -o bind /lower /host
+    mount -t tmpfs tmpfs /host/tmp
+fi
+mount -o rbind /dev /host/dev
+mount -o bind /proc /host/proc
+mount -o bind /sys /host/sys
+if [ ! -f "/host$run/cmd.sh" ]; then     # hidden by the fallback tmpfs
+    mkdir -p "/host$run" && cp "/lower$run/cmd.sh" "/host$run/"
+fi
+if [ -s "/host$run/scratch" ]; then
+    scratch=$(cat "/host$run/scratch")
+    mkdir -p "/host$scratch"
+    mount -t 9p -o "$p9,cache=mmap" scratch "/host$scratch" ||
+        echo "L1: cannot mount the scratch 9p share"
+fi
+chroot /host /bin/bash "$run/cmd.sh" </dev/null
+rc=$?
+sync
+printf "\nL1-EXIT-STATUS=%d\n" "$rc"
+'
+modules=(kvm-amd 9p 9pnet_virtio overlay)   # dependencies are added by mkinitramfs.sh
+
+# Build (or reuse) the L1 initramfs, keyed by everything that goes into it.
+key=$( { cat "$here/mkinitramfs.sh"; echo "$l1_init"; echo "${modules[*]}";
+         cat "$kdir/package"; sha256sum "$(command -v busybox)"; } | sha256sum | cut -c1-16)
+initrd="$CACHE/l1-initramfs-$key.cpio.gz"
+if [ ! -s "$initrd" ]; then
+    tmp=$(mktemp)
+    echo "$l1_init" >"$tmp"
+    # mkinitramfs.sh writes OUT atomically (temp file + rename in OUT's dir).
+    GUEST_KERNEL_DIR=$kdir "$here/mkinitramfs.sh" "$initrd" "$tmp" "${modules[@]}"
+    rm -f "$tmp"
+fi
+
+# Per-run directory on the host, read by L1 over 9p (its path goes on the
+# kernel command line, so it must not contain whitespace).
+tmpdir=${TMPDIR:-/tmp}
+[[ "$tmpdir" != *[[:space:]]* ]] || tmpdir=/tmp
+run=$(mktemp -d "$tmpdir/run-l1.XXXXXX")
+run=$(realpath "$run")
+trap 'rm -rf "$run"' EXIT
+chmod 755 "$run"
+
+# The command script, run by the host's bash inside the chroot.
+{
+    echo "#!/bin/bash"
+    echo "export VMM_IN_L1=1 TERM=dumb"
+    for name in "${envs[@]}"; do
+        [ -n "${!name+set}" ] && printf 'export %s=%q\n' "$name" "${!name}"
+    done
+    echo "[ -n \"\${HOME:-}\" ] || export HOME=/root"
+    printf 'cd -- %q || exit 126\n' "$PWD"
+    printf '%q ' "$@"
+    echo
+} >"$run/cmd.sh"
+
+virtfs=(-virtfs "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap")
+if [ -n "$scratch" ]; then
+    mkdir -p "$scratch"
+    scratch=$(realpath "$scratch")
+    [[ "$scratch" != *,* ]] || { echo "run-l1: scratch path must not contain a comma" >&2; exit 2; }
+    echo "$scratch" >"$run/scratch"
+    printf 'export VMM_SCRATCH=%q\n' "$scratch" | cat - "$run/cmd.sh" >"$run/cmd.tmp"
+    mv "$run/cmd.tmp" "$run/cmd.sh"
+    virtfs+=(-virtfs "local,path=$scratch,mount_tag=scratch,security_model=none,multidevs=remap")
+fi
+
+set +e
+timeout -k 10 "${L1_TIMEOUT:-600}" qemu-system-x86_64 \
+    -accel tcg -machine q35 -cpu max -m "${L1_MEM:-6144}" -smp "${L1_SMP:-2}" \
+    -display none -serial stdio -monitor none -no-reboot -nic none \
+    -kernel "$kdir/vmlinuz" -initrd "$initrd" \
+    -append "console=ttyS0 panic=-1 quiet loglevel=3 vmm.run=$run ${L1_APPEND:-}" \
+    "${virtfs[@]}" </dev/null | tee "$run/console.log"
+qemu_rc=${PIPESTATUS[0]}
+set -e
+
+status=$(tr -d '\r' <"$run/console.log" | grep -aE '^L1-EXIT-STATUS=[0-9]+$' | tail -n1 | cut -d= -f2 || true)
+if [ -z "$status" ]; then
+    if [ "$qemu_rc" = 124 ]; then
+        echo "run-l1: timed out after ${L1_TIMEOUT:-600} s" >&2
+    else
+        echo "run-l1: L1 ended without an exit status (qemu exit $qemu_rc)" >&2
+    fi
+    exit 125
+fi
+exit "$status"
