@@ -6,5 +6,6 @@
 //! implementation, without any device having to change.
 
 pub mod dma;
+pub mod intel;
 
 pub use dma::{Access, DmaFault, DmaMemory, DmaSpace, GuestMemoryMmap, Translate, Translation};

@@ -5,7 +5,10 @@ use std::fs::OpenOptions;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use arch::x86_64::acpi::{create_acpi_tables, AcpiConfig};
+use arch::x86_64::acpi::{
+    create_acpi_tables, try_dmar_table, AcpiConfig, DeviceScope, DeviceScopeKind, DmarConfig,
+    DrhdConfig,
+};
 use arch::x86_64::layout::*;
 use devices::interrupt::{IoEventRegistry, MsiRouter};
 use devices::ioapic::Ioapic;
@@ -31,9 +34,10 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use crate::boot::load_linux;
 use crate::config::Cli;
 use crate::exit::{ExitHandle, ExitReason};
-use crate::interrupts::{KvmIoEvents, KvmMsiRouter};
+use crate::interrupts::{KvmIoEvents, KvmMsiRouter, RouterSink};
 use crate::vcpu::Vcpu;
 use crate::VmmError;
+use viommu::intel::IntelIommu;
 
 /// Requester ID the I/O APIC's messages carry (bus 0, device 31, function 0).
 pub const IOAPIC_REQUESTER_ID: u16 = 0x00f8;
@@ -42,6 +46,7 @@ pub const IOAPIC_REQUESTER_ID: u16 = 0x00f8;
 pub struct Vm {
     pub exit: Arc<ExitHandle>,
     pub block_counters: Vec<Arc<BlockCounters>>,
+    pub iommu: Option<Arc<IntelIommu>>,
     _vcpus: Vec<JoinHandle<()>>,
     _event_loop: JoinHandle<()>,
 }
@@ -157,7 +162,8 @@ pub fn build(cli: &Cli) -> Result<Vm, VmmError> {
 
     let mem = create_memory(&vm, cli.memory)?;
     let exit = Arc::new(ExitHandle::new().map_err(|e| VmmError::Setup(e.to_string()))?);
-    let router: Arc<dyn MsiRouter> = Arc::new(KvmMsiRouter::new(vm.clone()));
+    let kvm_router = Arc::new(KvmMsiRouter::new(vm.clone()));
+    let router: Arc<dyn MsiRouter> = kvm_router.clone();
     let ioevents: Arc<dyn IoEventRegistry> = Arc::new(KvmIoEvents { vm: vm.clone() });
     let ioapic = Arc::new(Ioapic::new(IOAPIC_REQUESTER_ID, router.clone()));
 
@@ -204,12 +210,30 @@ pub fn build(cli: &Cli) -> Result<Vm, VmmError> {
     )
     .map_err(bus_err("ioapic"))?;
 
+    // The emulated IOMMU, translating for the devices that opt in.
+    let iommu = match cli.viommu {
+        Some(cfg) => {
+            let unit = IntelIommu::new(cfg, mem.clone(), Arc::new(RouterSink(kvm_router.clone())))
+                .map_err(|e| VmmError::Input(format!("--viommu: {e}")))?;
+            let unit = Arc::new(unit);
+            io.register_mmio(
+                mmio(IOMMU_START, 0x1000).map_err(bus_err("iommu"))?,
+                unit.clone(),
+            )
+            .map_err(bus_err("iommu"))?;
+            Some(unit)
+        }
+        None => None,
+    };
+    let mut iommu_scope = std::collections::BTreeSet::new();
+    iommu_scope.insert(IOAPIC_REQUESTER_ID);
+
     // PCI devices.
     let mut root = PciRoot::new(PCI_ECAM_START);
     let mut bars = BarAllocator::new(cli.memory)?;
     let mut subscribers: Vec<Subscriber> = Vec::new();
     let mut block_counters = Vec::new();
-    for (disk, iommu) in disks {
+    for (disk, behind_iommu) in disks {
         let bdf = root
             .next_bdf()
             .filter(|b| b.0 != IOAPIC_REQUESTER_ID)
@@ -217,13 +241,20 @@ pub fn build(cli: &Cli) -> Result<Vm, VmmError> {
         let block = Block::new(disk).map_err(|e| VmmError::Setup(e.to_string()))?;
         block_counters.push(block.counters.clone());
         let block = Arc::new(Mutex::new(block));
-        // No IOMMU exists yet: an iommu=on device still sees guest physical
-        // addresses, but offers ACCESS_PLATFORM so the driver uses the DMA API.
-        let dma = DmaSpace::identity(bdf.0);
+        // iommu=on puts the device behind the IOMMU (and in its DMAR
+        // scope); without a --viommu it still offers ACCESS_PLATFORM so the
+        // driver uses the DMA API, with untranslated addresses.
+        let dma = match (&iommu, behind_iommu) {
+            (Some(unit), true) => {
+                iommu_scope.insert(bdf.0);
+                DmaSpace::translated(bdf.0, unit.clone())
+            }
+            _ => DmaSpace::identity(bdf.0),
+        };
         let mut dev = VirtioPciDevice::new(
             block.clone(),
             dma,
-            iommu,
+            behind_iommu,
             mem.clone(),
             router.clone(),
             ioevents.clone(),
@@ -256,7 +287,11 @@ pub fn build(cli: &Cli) -> Result<Vm, VmmError> {
         pci_mmio,
     )
     .map_err(bus_err("pci64"))?;
-    let _ = Bdf::new(0, 0, 0);
+    let mut extra_tables = Vec::new();
+    if let Some(unit) = &iommu {
+        kvm_router.set_remapper(unit.clone(), iommu_scope.clone());
+        extra_tables.push(dmar(cli, &iommu_scope)?);
+    }
 
     // Firmware tables and the kernel.
     let rsdp = create_acpi_tables(
@@ -265,7 +300,7 @@ pub fn build(cli: &Cli) -> Result<Vm, VmmError> {
             num_cpus: cli.cpus,
             pci_mmio32: (PCI_MMIO32_START, PCI_MMIO32_SIZE),
             pci_mmio64: (pci_mmio64_start(cli.memory), PCI_MMIO64_SIZE),
-            extra_tables: Vec::new(),
+            extra_tables,
         },
     )
     .map_err(|e| VmmError::Setup(format!("ACPI tables: {e}")))?;
@@ -327,9 +362,46 @@ pub fn build(cli: &Cli) -> Result<Vm, VmmError> {
     Ok(Vm {
         exit,
         block_counters,
+        iommu,
         _vcpus: handles,
         _event_loop: event_loop,
     })
+}
+
+/// The DMAR table: one remapping unit whose scope is the I/O APIC and the
+/// devices that opted in with iommu=on (others are not translated).
+fn dmar(cli: &Cli, scope: &std::collections::BTreeSet<u16>) -> Result<Vec<u8>, VmmError> {
+    let intremap = cli.viommu.is_some_and(|c| c.intremap);
+    let scopes = scope
+        .iter()
+        .map(|&rid| {
+            let bdf = Bdf(rid);
+            DeviceScope {
+                kind: if rid == IOAPIC_REQUESTER_ID {
+                    DeviceScopeKind::IoApic
+                } else {
+                    DeviceScopeKind::Endpoint
+                },
+                enumeration_id: 0,
+                start_bus: bdf.bus(),
+                path: vec![(bdf.dev(), bdf.func())],
+            }
+        })
+        .collect();
+    try_dmar_table(&DmarConfig {
+        host_address_width: viommu::intel::HOST_ADDRESS_WIDTH,
+        intr_remap: intremap,
+        x2apic_opt_out: false,
+        units: vec![DrhdConfig {
+            base: IOMMU_START,
+            size_pages_log2: 0,
+            segment: 0,
+            include_pci_all: false,
+            scopes,
+        }],
+        satc: Vec::new(),
+    })
+    .map_err(|e| VmmError::Setup(format!("DMAR table: {e}")))
 }
 
 fn nix_isatty_stdin() -> bool {

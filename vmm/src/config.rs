@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
+use viommu::intel::VtdConfig;
 
 /// A virtual machine monitor with an emulated IOMMU.
 #[derive(Parser, Debug)]
@@ -26,6 +27,10 @@ pub struct Cli {
     /// A virtio-blk disk: path=FILE[,readonly=on][,iommu=on]. Repeatable.
     #[arg(long, value_name = "SPEC", value_parser = parse_disk)]
     pub disk: Vec<DiskConfig>,
+    /// An emulated IOMMU: intel[,scalable=on|off][,first-stage=on|off]
+    /// [,caching-mode=on|off][,intremap=on|off][,aw-bits=39|48|57][,pasid-bits=N]
+    #[arg(long, value_name = "SPEC", value_parser = parse_viommu)]
+    pub viommu: Option<VtdConfig>,
     /// Print device and IOMMU counters to stderr when the VMM exits.
     #[arg(long)]
     pub counters: bool,
@@ -116,6 +121,50 @@ pub fn parse_disk(s: &str) -> Result<DiskConfig, String> {
     })
 }
 
+/// Parses `intel[,key=value]...`.
+pub fn parse_viommu(s: &str) -> Result<VtdConfig, String> {
+    let mut parts = s.split(',');
+    match parts.next() {
+        Some("intel") => {}
+        Some(other) => return Err(format!("unknown IOMMU model '{other}' (supported: intel)")),
+        None => return Err("empty IOMMU spec".into()),
+    }
+    let mut c = VtdConfig::default();
+    let mut first_stage_given = false;
+    for part in parts {
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| format!("'{part}' in viommu spec is not key=value"))?;
+        match k {
+            "scalable" => c.scalable = parse_on_off(k, v)?,
+            "first-stage" => {
+                c.first_stage = parse_on_off(k, v)?;
+                first_stage_given = true;
+            }
+            "caching-mode" => c.caching_mode = parse_on_off(k, v)?,
+            "intremap" => c.intremap = parse_on_off(k, v)?,
+            "aw-bits" => {
+                c.aw_bits = v
+                    .parse()
+                    .map_err(|_| format!("aw-bits={v}: expected 39, 48 or 57"))?
+            }
+            "pasid-bits" => {
+                c.pasid_bits = v
+                    .parse()
+                    .map_err(|_| format!("pasid-bits={v}: expected 0-20"))?
+            }
+            _ => return Err(format!("unknown viommu option '{k}'")),
+        }
+    }
+    // Legacy mode has no first stage: the default follows scalable, an
+    // explicit first-stage=on with scalable=off is a contradiction.
+    if !c.scalable && !first_stage_given {
+        c.first_stage = false;
+    }
+    c.validate().map_err(|e| e.to_string())?;
+    Ok(c)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,6 +207,26 @@ mod tests {
         assert!(parse_disk("path=/a,readonly=yes").is_err());
         assert!(parse_disk("path=/a,bogus=1").is_err());
         assert!(parse_disk("/a.img").is_err());
+    }
+
+    #[test]
+    fn viommu_specs() {
+        let c = parse_viommu("intel").unwrap();
+        assert_eq!(c, VtdConfig::default());
+        assert!(c.scalable && c.first_stage && c.intremap && !c.caching_mode);
+        assert_eq!((c.aw_bits, c.pasid_bits), (48, 0));
+        let c = parse_viommu("intel,scalable=off").unwrap();
+        assert!(!c.scalable && !c.first_stage);
+        let c = parse_viommu("intel,caching-mode=on,aw-bits=39,pasid-bits=20").unwrap();
+        assert!(c.caching_mode);
+        assert_eq!((c.aw_bits, c.pasid_bits), (39, 20));
+        assert!(parse_viommu("intel,scalable=off,first-stage=on").is_err());
+        assert!(parse_viommu("intel,scalable=off,pasid-bits=8").is_err());
+        assert!(parse_viommu("intel,aw-bits=40").is_err());
+        assert!(parse_viommu("intel,pasid-bits=21").is_err());
+        assert!(parse_viommu("amd").is_err());
+        assert!(parse_viommu("intel,bogus=on").is_err());
+        assert!(parse_viommu("intel,intremap=maybe").is_err());
     }
 
     #[test]

@@ -5,14 +5,15 @@
 //! I/O APIC sends messages directly. The GSI routing table is owned here and
 //! rewritten as a whole, as KVM requires.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use devices::interrupt::{IoEventRegistry, MsiMessage, MsiRouter};
 use kvm_bindings::{kvm_irq_routing_entry, kvm_msi, KvmIrqRouting, KVM_IRQ_ROUTING_MSI};
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
+use viommu::intel::{IntelIommu, InterruptSink};
 use vmm_sys_util::eventfd::EventFd;
 
 /// GSIs below this are the I/O APIC's pins (reserved with the split irqchip).
@@ -20,10 +21,24 @@ const FIRST_MSI_GSI: u32 = 24;
 /// KVM's limit on the routing table (KVM_MAX_IRQ_ROUTES).
 const MAX_GSI: u32 = 4096;
 
+/// The interrupt-remapping unit and the requester IDs in its scope.
+struct Remapper {
+    iommu: Arc<IntelIommu>,
+    scope: BTreeSet<u16>,
+}
+
+/// A route as the device programmed it, before remapping.
+#[derive(Clone, Copy)]
+struct Programmed {
+    requester_id: u16,
+    msg: MsiMessage,
+}
+
 pub struct KvmMsiRouter {
     vm: Arc<VmFd>,
-    routes: Mutex<BTreeMap<u32, kvm_irq_routing_entry>>,
+    routes: Mutex<BTreeMap<u32, Programmed>>,
     next_gsi: AtomicU32,
+    remapper: OnceLock<Remapper>,
 }
 
 impl KvmMsiRouter {
@@ -32,21 +47,28 @@ impl KvmMsiRouter {
             vm,
             routes: Mutex::new(BTreeMap::new()),
             next_gsi: AtomicU32::new(FIRST_MSI_GSI),
+            remapper: OnceLock::new(),
         }
     }
 
-    fn commit(&self, routes: &BTreeMap<u32, kvm_irq_routing_entry>) -> io::Result<()> {
-        let entries: Vec<_> = routes.values().copied().collect();
-        let table = KvmIrqRouting::from_entries(&entries)
-            .map_err(|_| io::Error::other("too many interrupt routes"))?;
-        self.vm
-            .set_gsi_routing(&table)
-            .map_err(|e| io::Error::from_raw_os_error(e.errno()))
+    /// Puts the interrupts of `scope` behind `iommu`'s interrupt remapping.
+    pub fn set_remapper(&self, iommu: Arc<IntelIommu>, scope: BTreeSet<u16>) {
+        let _ = self.remapper.set(Remapper { iommu, scope });
     }
-}
 
-impl MsiRouter for KvmMsiRouter {
-    fn send(&self, _requester_id: u16, msg: MsiMessage) -> io::Result<()> {
+    /// The message KVM should deliver for what `requester_id` wrote, or
+    /// None when the remapping unit blocks it.
+    fn effective(&self, requester_id: u16, msg: MsiMessage) -> Option<MsiMessage> {
+        match self.remapper.get() {
+            Some(r) if r.scope.contains(&requester_id) => r
+                .iommu
+                .remap_interrupt(requester_id, msg.address, msg.data)
+                .map(|(address, data)| MsiMessage { address, data }),
+            _ => Some(msg),
+        }
+    }
+
+    fn signal(&self, msg: MsiMessage) -> io::Result<()> {
         let msi = kvm_msi {
             address_lo: msg.address as u32,
             address_hi: (msg.address >> 32) as u32,
@@ -57,6 +79,49 @@ impl MsiRouter for KvmMsiRouter {
             .signal_msi(msi)
             .map(|_| ())
             .map_err(|e| io::Error::from_raw_os_error(e.errno()))
+    }
+
+    /// Recomputes every route (the remapping table or its state changed).
+    pub fn refresh(&self) {
+        let Ok(routes) = self.routes.lock() else {
+            return;
+        };
+        if let Err(e) = self.commit(&routes) {
+            log::warn!("interrupt routes not refreshed: {e}");
+        }
+    }
+
+    fn commit(&self, routes: &BTreeMap<u32, Programmed>) -> io::Result<()> {
+        let entries: Vec<_> = routes
+            .iter()
+            .filter_map(|(&gsi, p)| {
+                let m = self.effective(p.requester_id, p.msg)?;
+                let mut e = kvm_irq_routing_entry {
+                    gsi,
+                    type_: KVM_IRQ_ROUTING_MSI,
+                    ..Default::default()
+                };
+                e.u.msi.address_lo = m.address as u32;
+                e.u.msi.address_hi = (m.address >> 32) as u32;
+                e.u.msi.data = m.data;
+                Some(e)
+            })
+            .collect();
+        let table = KvmIrqRouting::from_entries(&entries)
+            .map_err(|_| io::Error::other("too many interrupt routes"))?;
+        self.vm
+            .set_gsi_routing(&table)
+            .map_err(|e| io::Error::from_raw_os_error(e.errno()))
+    }
+}
+
+impl MsiRouter for KvmMsiRouter {
+    fn send(&self, requester_id: u16, msg: MsiMessage) -> io::Result<()> {
+        match self.effective(requester_id, msg) {
+            Some(m) => self.signal(m),
+            // Blocked by interrupt remapping: the unit recorded the fault.
+            None => Ok(()),
+        }
     }
 
     fn allocate_gsi(&self) -> io::Result<u32> {
@@ -73,22 +138,14 @@ impl MsiRouter for KvmMsiRouter {
             .map_err(|e| io::Error::from_raw_os_error(e.errno()))
     }
 
-    fn set_route(&self, gsi: u32, _requester_id: u16, msg: Option<MsiMessage>) -> io::Result<()> {
+    fn set_route(&self, gsi: u32, requester_id: u16, msg: Option<MsiMessage>) -> io::Result<()> {
         let mut routes = self
             .routes
             .lock()
             .map_err(|_| io::Error::other("route table lock poisoned"))?;
         match msg {
-            Some(m) => {
-                let mut e = kvm_irq_routing_entry {
-                    gsi,
-                    type_: KVM_IRQ_ROUTING_MSI,
-                    ..Default::default()
-                };
-                e.u.msi.address_lo = m.address as u32;
-                e.u.msi.address_hi = (m.address >> 32) as u32;
-                e.u.msi.data = m.data;
-                routes.insert(gsi, e);
+            Some(msg) => {
+                routes.insert(gsi, Programmed { requester_id, msg });
             }
             None => {
                 if routes.remove(&gsi).is_none() {
@@ -116,5 +173,21 @@ impl IoEventRegistry for KvmIoEvents {
         self.vm
             .unregister_ioevent(fd, &IoEventAddress::Mmio(addr), NoDatamatch)
             .map_err(|e| io::Error::from_raw_os_error(e.errno()))
+    }
+}
+
+/// The IOMMU's own interrupts go straight to KVM (they are never
+/// remapped), and remapping changes refresh the routes.
+pub struct RouterSink(pub Arc<KvmMsiRouter>);
+
+impl InterruptSink for RouterSink {
+    fn send(&self, address: u64, data: u32) {
+        if let Err(e) = self.0.signal(MsiMessage { address, data }) {
+            log::warn!("IOMMU interrupt not delivered: {e}");
+        }
+    }
+
+    fn remapping_changed(&self) {
+        self.0.refresh();
     }
 }

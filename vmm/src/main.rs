@@ -68,5 +68,10 @@ fn main() {
             );
         }
     }
+    if cli.counters {
+        if let Some(unit) = &vm.iommu {
+            eprintln!("vmm: counters: viommu intel {}", unit.counters.summary());
+        }
+    }
     std::process::exit(reason.status());
 }

@@ -70,6 +70,8 @@ pub struct ConfigSpace {
     write_mask: Box<[u8; CONFIG_SPACE_SIZE]>,
     w1c_mask: Box<[u8; CONFIG_SPACE_SIZE]>,
     bars: [Option<Bar>; NUM_BARS],
+    /// Slots holding the upper half of a 64-bit BAR.
+    upper_half: [bool; NUM_BARS],
     /// Offset of the last standard capability (0 when none).
     last_cap: usize,
     /// Next free offset for a standard capability.
@@ -87,6 +89,7 @@ impl ConfigSpace {
             write_mask: Box::new([0; CONFIG_SPACE_SIZE]),
             w1c_mask: Box::new([0; CONFIG_SPACE_SIZE]),
             bars: [None; NUM_BARS],
+            upper_half: [false; NUM_BARS],
             last_cap: 0,
             next_cap: 0x40,
             last_ext_cap: 0,
@@ -205,13 +208,18 @@ impl ConfigSpace {
             return Err(ConfigError::BadBarSize(bar.size));
         }
         let slots = if bar.kind == BarKind::Mem64 { 2 } else { 1 };
-        if index + slots > NUM_BARS || (index..index + slots).any(|i| self.bars[i].is_some()) {
+        if index + slots > NUM_BARS
+            || (index..index + slots).any(|i| self.bars[i].is_some() || self.upper_half[i])
+        {
             return Err(ConfigError::BadBarIndex(index));
         }
         if bar.kind == BarKind::Mem32 && bar.size > 1 << 31 {
             return Err(ConfigError::BadBarSize(bar.size));
         }
         self.bars[index] = Some(bar);
+        if bar.kind == BarKind::Mem64 {
+            self.upper_half[index + 1] = true;
+        }
         let off = BAR0 + index * 4;
         let mut flags = 0u32;
         if bar.kind == BarKind::Mem64 {

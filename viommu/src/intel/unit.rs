@@ -1,0 +1,692 @@
+//! The unit: register side effects, invalidations, fault reporting and the
+//! translation entry point, all under one lock so that a translation and
+//! an invalidation never interleave (§6.5.2.8: an invalidation wait
+//! completes only after translations that started before it finished).
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use vm_memory::{Bytes, GuestAddress};
+
+use super::counters::Counters;
+use super::fault::{Fault, FaultLog, Reason, Recorded};
+use super::interrupt_remap::{self, IrOutcome, IrtConfig, MsiRequest};
+use super::invalidation_queue::{self as iq, Descriptor};
+use super::iotlb::Caches;
+use super::regs::*;
+use super::translation::{self, Request, Resolved, WalkConfig};
+use crate::{Access, DmaFault, GuestMemoryMmap, Translate, Translation};
+
+/// Delivers the unit's own interrupts (fault events, invalidation
+/// completion, page requests). These are never remapped (§5.1.6).
+pub trait InterruptSink: Send + Sync {
+    fn send(&self, address: u64, data: u32);
+    /// Interrupt-remapping state changed: routes must be recomputed.
+    fn remapping_changed(&self) {}
+}
+
+/// The command-line options of `--viommu intel`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VtdConfig {
+    pub scalable: bool,
+    pub first_stage: bool,
+    pub caching_mode: bool,
+    pub intremap: bool,
+    pub aw_bits: u8,
+    pub pasid_bits: u8,
+}
+
+impl Default for VtdConfig {
+    fn default() -> Self {
+        VtdConfig {
+            scalable: true,
+            first_stage: true,
+            caching_mode: false,
+            intremap: true,
+            aw_bits: 48,
+            pasid_bits: 0,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum VtdConfigError {
+    #[error("aw-bits must be 39, 48 or 57")]
+    AwBits,
+    #[error("pasid-bits must be 0-20")]
+    PasidBits,
+    #[error("pasid-bits needs scalable=on")]
+    PasidNeedsScalable,
+    #[error("first-stage=on needs scalable=on (first-stage tables exist only in scalable mode)")]
+    FirstStageNeedsScalable,
+}
+
+impl VtdConfig {
+    pub fn validate(&self) -> Result<(), VtdConfigError> {
+        if ![39, 48, 57].contains(&self.aw_bits) {
+            return Err(VtdConfigError::AwBits);
+        }
+        if self.pasid_bits > 20 {
+            return Err(VtdConfigError::PasidBits);
+        }
+        if self.pasid_bits > 0 && !self.scalable {
+            return Err(VtdConfigError::PasidNeedsScalable);
+        }
+        if self.first_stage && !self.scalable {
+            return Err(VtdConfigError::FirstStageNeedsScalable);
+        }
+        Ok(())
+    }
+
+    pub fn features(&self) -> Features {
+        Features {
+            aw_bits: self.aw_bits,
+            scalable: self.scalable,
+            first_stage: self.first_stage,
+            caching_mode: self.caching_mode,
+            intremap: self.intremap,
+            pasid_bits: self.pasid_bits,
+            device_tlb: false,
+            page_requests: false,
+        }
+    }
+}
+
+/// Host address width the unit reports and checks table pointers against.
+pub const HAW: u8 = 46;
+pub use HAW as HOST_ADDRESS_WIDTH;
+
+struct State {
+    regs: RegFile,
+    features: Features,
+    caches: Caches,
+    faults: FaultLog,
+    /// Root table pointer latched by SRTP.
+    rtaddr: u64,
+    /// Interrupt-remapping table latched by SIRTP.
+    irt: IrtConfig,
+    /// Interrupts to send once the lock is released.
+    outbox: Vec<(u64, u32)>,
+    remap_changed: bool,
+}
+
+pub struct IntelIommu {
+    state: Mutex<State>,
+    mem: GuestMemoryMmap,
+    sink: Arc<dyn InterruptSink>,
+    pub counters: Counters,
+}
+
+impl IntelIommu {
+    pub fn new(
+        config: VtdConfig,
+        mem: GuestMemoryMmap,
+        sink: Arc<dyn InterruptSink>,
+    ) -> Result<Self, VtdConfigError> {
+        config.validate()?;
+        let features = config.features();
+        Ok(IntelIommu {
+            state: Mutex::new(State {
+                regs: RegFile::new(&features),
+                features,
+                caches: Caches::default(),
+                faults: FaultLog::default(),
+                rtaddr: 0,
+                irt: IrtConfig::from_irta(0),
+                outbox: Vec::new(),
+                remap_changed: false,
+            }),
+            mem,
+            sink,
+            counters: Counters::default(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Releases the lock, then delivers what the operation queued.
+    fn finish(&self, mut st: MutexGuard<'_, State>) {
+        let outbox = std::mem::take(&mut st.outbox);
+        let changed = std::mem::take(&mut st.remap_changed);
+        drop(st);
+        for (addr, data) in outbox {
+            self.sink.send(addr, data);
+        }
+        if changed {
+            self.sink.remapping_changed();
+        }
+    }
+
+    pub fn mmio_read(&self, offset: u64, data: &mut [u8]) {
+        let st = self.lock();
+        st.regs.read(offset, data);
+        // GCMD is write-only: it reads as zero.
+        if touches(offset, data.len(), GCMD, 4) {
+            for (i, b) in data.iter_mut().enumerate() {
+                if touches(offset + i as u64, 1, GCMD, 4) {
+                    *b = 0;
+                }
+            }
+        }
+    }
+
+    pub fn mmio_write(&self, offset: u64, data: &[u8]) {
+        let mut st = self.lock();
+        let fsts_before = st.regs.get32(FSTS);
+        let fectl_before = st.regs.get32(FECTL);
+        let iectl_before = st.regs.get32(IECTL);
+        st.regs.write(offset, data);
+        let len = data.len();
+        if touches(offset, len, GCMD, 4) {
+            let cmd = st.regs.get32(GCMD);
+            self.global_command(&mut st, cmd);
+            st.regs.set32(GCMD, 0);
+        }
+        // Commands fire when the byte holding their start bit is written.
+        if touches(offset, len, CCMD + 7, 1) && st.regs.get64(CCMD) & CCMD_ICC != 0 {
+            self.context_command(&mut st);
+        }
+        if touches(offset, len, IOTLB + 7, 1) && st.regs.get64(IOTLB) & IOTLB_IVT != 0 {
+            self.iotlb_command(&mut st);
+        }
+        if touches(offset, len, FSTS, 4) {
+            let now = st.regs.get32(FSTS);
+            // Clearing IQE resumes the queue from IQH.
+            if fsts_before & FSTS_IQE != 0 && now & FSTS_IQE == 0 {
+                self.process_queue(&mut st);
+            }
+        }
+        if touches(offset, len, FRCD, NUM_FAULT_RECORDS * 16) {
+            self.sync_fault_records_from_regs(&mut st);
+        }
+        if touches(offset, len, FECTL, 4) {
+            Self::unmask(&mut st, FECTL, FEDATA, FEADDR, FEUADDR, fectl_before);
+        }
+        if touches(offset, len, IECTL, 4) {
+            Self::unmask(&mut st, IECTL, IEDATA, IEADDR, IEUADDR, iectl_before);
+        }
+        if touches(offset, len, IQT, 8) {
+            self.process_queue(&mut st);
+        }
+        self.finish(st);
+    }
+
+    // --- interrupts of the unit (§7.3, §6.5.2.9) ---
+
+    /// Clearing IM with IP set delivers the held interrupt.
+    fn unmask(st: &mut State, ctl: usize, data: usize, addr: usize, uaddr: usize, before: u32) {
+        let now = st.regs.get32(ctl);
+        if before & CTL_IM != 0 && now & CTL_IM == 0 && now & CTL_IP != 0 {
+            st.regs.set32(ctl, now & !CTL_IP);
+            Self::queue_msi(st, data, addr, uaddr);
+        }
+    }
+
+    fn queue_msi(st: &mut State, data: usize, addr: usize, uaddr: usize) {
+        let a = ((st.regs.get32(uaddr) as u64) << 32) | st.regs.get32(addr) as u64;
+        let d = st.regs.get32(data);
+        st.outbox.push((a, d));
+    }
+
+    /// Raises an interrupt through a control register: delivered now, or
+    /// held pending (IP) while masked.
+    fn raise(st: &mut State, ctl: usize, data: usize, addr: usize, uaddr: usize) {
+        let c = st.regs.get32(ctl);
+        if c & CTL_IM != 0 {
+            st.regs.set32(ctl, c | CTL_IP);
+        } else {
+            Self::queue_msi(st, data, addr, uaddr);
+        }
+    }
+
+    fn fault_event(st: &mut State) {
+        Self::raise(st, FECTL, FEDATA, FEADDR, FEUADDR);
+    }
+
+    // --- global command (§10.4.4) ---
+
+    fn global_command(&self, st: &mut State, cmd: u32) {
+        let mut gsts = st.regs.get32(GSTS);
+        if cmd & GCMD_SRTP != 0 {
+            st.rtaddr = st.regs.get64(RTADDR);
+            st.caches.clear();
+            gsts |= GSTS_RTPS;
+        }
+        if cmd & GCMD_SIRTP != 0 {
+            st.irt = IrtConfig::from_irta(st.regs.get64(IRTA));
+            gsts |= GSTS_IRTPS;
+            st.remap_changed = true;
+        }
+        if cmd & GCMD_WBF != 0 {
+            gsts |= GSTS_WBFS;
+            gsts &= !GSTS_WBFS;
+        }
+        let set = |g: &mut u32, bit: u32, on: bool| {
+            if on {
+                *g |= bit
+            } else {
+                *g &= !bit
+            }
+        };
+        if (cmd & GCMD_TE != 0) != (gsts & GSTS_TES != 0) {
+            st.caches.clear();
+        }
+        set(&mut gsts, GSTS_TES, cmd & GCMD_TE != 0);
+        let qie = cmd & GCMD_QIE != 0;
+        if qie && gsts & GSTS_QIES == 0 {
+            st.regs.set64(IQH, 0);
+        }
+        set(&mut gsts, GSTS_QIES, qie);
+        if st.features.intremap {
+            let ire = cmd & GCMD_IRE != 0;
+            if ire != (gsts & GSTS_IRES != 0) {
+                st.remap_changed = true;
+            }
+            set(&mut gsts, GSTS_IRES, ire);
+            let cfi = cmd & GCMD_CFI != 0;
+            if cfi != (gsts & GSTS_CFIS != 0) {
+                st.remap_changed = true;
+            }
+            set(&mut gsts, GSTS_CFIS, cfi);
+        }
+        st.regs.set32(GSTS, gsts);
+    }
+
+    // --- register-based invalidation (§6.5.1) ---
+
+    fn context_command(&self, st: &mut State) {
+        let v = st.regs.get64(CCMD);
+        let cirg = (v >> 61) & 3;
+        match cirg {
+            1 => st.caches.flush_context_all(),
+            2 => st.caches.flush_context_domain(v as u16),
+            3 => st
+                .caches
+                .flush_context_device((v >> 16) as u16, ((v >> 32) & 3) as u8),
+            _ => {}
+        }
+        self.counters.invalidations[0].fetch_add(1, Relaxed);
+        // Done: ICC clears and CAIG reports the granularity performed.
+        let caig = if cirg == 0 { 0 } else { cirg };
+        st.regs
+            .set64(CCMD, (v & !CCMD_ICC & !(3 << 59)) | (caig << 59));
+    }
+
+    fn iotlb_command(&self, st: &mut State) {
+        let v = st.regs.get64(IOTLB);
+        let iva = st.regs.get64(IVA);
+        let did = (v >> 32) as u16;
+        let iirg = (v >> 60) & 3;
+        match iirg {
+            1 => st.caches.flush_iotlb_all(),
+            2 => st.caches.flush_iotlb_domain(did),
+            3 => st
+                .caches
+                .flush_iotlb_pages(did, None, iva & !0xfff, (iva & 0x3f) as u8),
+            _ => {}
+        }
+        self.counters.invalidations[10].fetch_add(1, Relaxed);
+        st.regs
+            .set64(IOTLB, (v & !IOTLB_IVT & !(3 << 57)) | (iirg << 57));
+    }
+
+    // --- queued invalidation (§6.5.2) ---
+
+    fn queue_error(&self, st: &mut State, code: u64) {
+        self.counters.queue_errors.fetch_add(1, Relaxed);
+        let fsts = st.regs.get32(FSTS);
+        st.regs.set32(FSTS, fsts | FSTS_IQE);
+        st.regs.set64(IQERCD, code);
+        if fsts & FSTS_IQE == 0 {
+            Self::fault_event(st);
+        }
+    }
+
+    fn process_queue(&self, st: &mut State) {
+        if st.regs.get32(GSTS) & GSTS_QIES == 0 || st.regs.get32(FSTS) & FSTS_IQE != 0 {
+            return;
+        }
+        let iqa = st.regs.get64(IQA);
+        let wide = iqa & (1 << 11) != 0;
+        let desc = if wide { 32 } else { 16 };
+        let size = 4096u64 << (iqa & 7);
+        let base = iqa & !0xfff;
+        let tail = st.regs.get64(IQT) & 0x7fff0;
+        if tail >= size || !tail.is_multiple_of(desc) {
+            self.queue_error(st, iq::iqei::BAD_TAIL);
+            return;
+        }
+        let mut head = st.regs.get64(IQH) & 0x7fff0;
+        let scalable = st.features.scalable;
+        let pasid = st.features.page_requests;
+        // At most one pass over the ring per tail write.
+        while head != tail {
+            let d =
+                iq::fetch(&self.mem, base, head, wide).and_then(|q| iq::decode(q, scalable, pasid));
+            match d {
+                Ok(d) => self.execute(st, d),
+                Err(code) => {
+                    st.regs.set64(IQH, head);
+                    self.queue_error(st, code);
+                    return;
+                }
+            }
+            head = (head + desc) % size;
+        }
+        st.regs.set64(IQH, head);
+    }
+
+    fn execute(&self, st: &mut State, d: Descriptor) {
+        let slot = match d {
+            Descriptor::ContextCache {
+                granularity,
+                did,
+                sid,
+                fm,
+            } => {
+                match granularity {
+                    1 => st.caches.flush_context_all(),
+                    2 => st.caches.flush_context_domain(did),
+                    _ => st.caches.flush_context_device(sid, fm),
+                }
+                1
+            }
+            Descriptor::Iotlb {
+                granularity,
+                did,
+                addr,
+                am,
+                ..
+            } => {
+                match granularity {
+                    1 => st.caches.flush_iotlb_all(),
+                    2 => st.caches.flush_iotlb_domain(did),
+                    _ => st.caches.flush_iotlb_pages(did, None, addr, am),
+                }
+                2
+            }
+            Descriptor::DeviceTlb { .. } => 3,
+            Descriptor::InterruptEntryCache { .. } => {
+                st.remap_changed = true;
+                4
+            }
+            Descriptor::Wait {
+                interrupt,
+                status_write,
+                data,
+                addr,
+                ..
+            } => {
+                // Every translation that started before this point has
+                // finished: they run under the same lock.
+                self.counters.invalidation_waits.fetch_add(1, Relaxed);
+                if status_write && self.mem.write_obj(data, GuestAddress(addr)).is_err() {
+                    // A status address outside memory is an invalidation
+                    // completion error (§6.5.2.8).
+                    let fsts = st.regs.get32(FSTS);
+                    st.regs.set32(FSTS, fsts | FSTS_ICE);
+                    Self::fault_event(st);
+                }
+                if interrupt {
+                    let ics = st.regs.get32(ICS);
+                    st.regs.set32(ICS, ics | ICS_IWC);
+                    if ics & ICS_IWC == 0 {
+                        Self::raise(st, IECTL, IEDATA, IEADDR, IEUADDR);
+                    }
+                }
+                5
+            }
+            Descriptor::PasidIotlb {
+                granularity,
+                did,
+                pasid,
+                addr,
+                am,
+                ..
+            } => {
+                match granularity {
+                    2 => st.caches.flush_iotlb_pasid(did, pasid),
+                    _ => st.caches.flush_iotlb_pages(did, Some(pasid), addr, am),
+                }
+                6
+            }
+            Descriptor::PasidCache {
+                granularity,
+                did,
+                pasid,
+            } => {
+                match granularity {
+                    0 => st.caches.flush_pasid_domain(did),
+                    1 => st.caches.flush_pasid_selective(did, pasid),
+                    _ => st.caches.flush_pasid_all(),
+                }
+                7
+            }
+            Descriptor::PasidDeviceTlb { .. } => 8,
+            Descriptor::PageGroupResponse { .. } => {
+                self.counters.page_responses.fetch_add(1, Relaxed);
+                9
+            }
+        };
+        self.counters.invalidations[slot].fetch_add(1, Relaxed);
+    }
+
+    // --- fault recording (§7.2) ---
+
+    /// Mirrors the fault log into the registers and FSTS.PPF/FRI.
+    fn publish_faults(st: &mut State) {
+        for i in 0..NUM_FAULT_RECORDS {
+            let r = st.faults.records[i];
+            st.regs.set64(FRCD + i * 16, r.lo);
+            st.regs.set64(FRCD + i * 16 + 8, r.hi);
+        }
+        let mut fsts = st.regs.get32(FSTS) & !(FSTS_PPF | 0xff00);
+        if let Some(i) = st.faults.first_pending() {
+            fsts |= FSTS_PPF | ((i as u32) << 8);
+        }
+        st.regs.set32(FSTS, fsts);
+    }
+
+    /// Software cleared F bits: take the registers as the truth.
+    fn sync_fault_records_from_regs(&self, st: &mut State) {
+        for i in 0..NUM_FAULT_RECORDS {
+            if st.regs.get64(FRCD + i * 16 + 8) & (1 << 63) == 0 {
+                st.faults.records[i].hi &= !(1 << 63);
+            }
+        }
+        Self::publish_faults(st);
+    }
+
+    fn report(&self, st: &mut State, f: &Fault) {
+        self.counters.bump_fault(f.reason.0);
+        if !f.record {
+            return;
+        }
+        let fsts = st.regs.get32(FSTS);
+        if fsts & FSTS_PFO != 0 {
+            return;
+        }
+        match st.faults.record(f) {
+            Recorded::At(_) => {
+                self.counters.faults_recorded.fetch_add(1, Relaxed);
+                let had_pending = fsts & FSTS_PPF != 0;
+                Self::publish_faults(st);
+                if !had_pending {
+                    Self::fault_event(st);
+                }
+            }
+            Recorded::Overflow => {
+                st.regs.set32(FSTS, fsts | FSTS_PFO);
+                Self::fault_event(st);
+            }
+        }
+    }
+
+    fn walk_config(st: &State) -> WalkConfig {
+        let f = &st.features;
+        let ttm = (st.rtaddr >> RTADDR_TTM_SHIFT) & 3;
+        WalkConfig {
+            enabled: st.regs.get32(GSTS) & GSTS_TES != 0,
+            rtaddr: st.rtaddr & !0xfff,
+            scalable_tables: f.scalable && ttm == 1,
+            ttm_invalid: ttm > 1 || (ttm == 1 && !f.scalable),
+            haw: HAW,
+            mgaw: f.aw_bits,
+            sagaw: f.sagaw(),
+            pass_through: true,
+            device_tlb: f.device_tlb,
+            first_stage: f.first_stage,
+            five_level_fs: f.aw_bits == 57,
+            nested: f.first_stage,
+            fl_1g: f.first_stage,
+            rid_pasid_supported: false,
+        }
+    }
+
+    /// Translates one request; a fault is recorded as the spec says.
+    pub fn translate_request(&self, req: &Request) -> Result<Resolved, Fault> {
+        let mut st = self.lock();
+        let cfg = Self::walk_config(&st);
+        let r = translation::resolve(&self.mem, &cfg, &mut st.caches, req);
+        match &r {
+            Ok(Resolved::Identity) => {
+                self.counters.identity.fetch_add(1, Relaxed);
+            }
+            Ok(Resolved::Page { hit, .. }) => {
+                self.counters.translations.fetch_add(1, Relaxed);
+                let c = if *hit {
+                    &self.counters.iotlb_hits
+                } else {
+                    &self.counters.iotlb_misses
+                };
+                c.fetch_add(1, Relaxed);
+            }
+            Err(f) => self.report(&mut st, f),
+        }
+        self.finish(st);
+        r
+    }
+
+    /// Interrupt remapping of one MSI (§5.1). `Ok(None)`: blocked (a
+    /// fault was recorded); `Ok(Some)`: deliver this message.
+    pub fn remap_interrupt(&self, source_id: u16, address: u64, data: u32) -> Option<(u64, u32)> {
+        let mut st = self.lock();
+        let gsts = st.regs.get32(GSTS);
+        if gsts & GSTS_IRES == 0 {
+            drop(st);
+            return Some((address, data));
+        }
+        let req = MsiRequest {
+            address,
+            data,
+            source_id,
+        };
+        let out = match interrupt_remap::remap(&self.mem, &st.irt, gsts & GSTS_CFIS != 0, &req) {
+            Ok(IrOutcome::Remapped(m)) => {
+                self.counters.interrupts_remapped.fetch_add(1, Relaxed);
+                Some((m.address, m.data))
+            }
+            Ok(IrOutcome::Compatibility) => Some((address, data)),
+            Err(f) => {
+                let fault = Fault {
+                    reason: Reason(f.reason),
+                    source_id: f.source_id,
+                    address: (f.index as u64) << 48,
+                    write: true,
+                    pasid: None,
+                    privileged: false,
+                    record: f.record,
+                };
+                self.report(&mut st, &fault);
+                None
+            }
+        };
+        self.finish(st);
+        out
+    }
+
+    /// Whether interrupt remapping is on (routes must go through it).
+    pub fn remapping_enabled(&self) -> bool {
+        self.lock().regs.get32(GSTS) & GSTS_IRES != 0
+    }
+}
+
+impl Translate for IntelIommu {
+    fn translate(
+        &self,
+        requester_id: u16,
+        pasid: Option<u32>,
+        iova: u64,
+        len: u64,
+        access: Access,
+    ) -> Result<Vec<Translation>, DmaFault> {
+        let end = iova
+            .checked_add(len)
+            .ok_or(DmaFault::Overflow { iova, len })?;
+        let mut out: Vec<Translation> = Vec::new();
+        let mut cur = iova;
+        while cur < end {
+            let page_end = (cur | 0xfff).saturating_add(1).min(end);
+            let mut req = Request {
+                sid: requester_id,
+                pasid,
+                iova: cur,
+                write: access != Access::Read,
+                privileged: false,
+            };
+            let blocked = |f: Fault| DmaFault::Blocked {
+                iova: cur,
+                len,
+                reason: format!("fault reason {:#04x}", f.reason.0),
+            };
+            let gpa = match self.translate_request(&req).map_err(blocked)? {
+                Resolved::Identity => cur,
+                Resolved::Page { leaf, .. } => {
+                    if access == Access::ReadWrite {
+                        // A read-write access also needs read permission.
+                        req.write = false;
+                        if let Err(f) = self.translate_request(&req) {
+                            return Err(blocked(f));
+                        }
+                    }
+                    leaf.translate(cur)
+                }
+            };
+            let n = page_end - cur;
+            match out.last_mut() {
+                Some(last) if last.iova + last.len == cur && last.gpa + last.len == gpa => {
+                    last.len += n;
+                }
+                _ => out.push(Translation {
+                    iova: cur,
+                    gpa,
+                    len: n,
+                }),
+            }
+            cur = page_end;
+        }
+        Ok(out)
+    }
+}
+
+impl vm_device::DeviceMmio for IntelIommu {
+    fn mmio_read(
+        &self,
+        _base: vm_device::bus::MmioAddress,
+        offset: vm_device::bus::MmioAddressOffset,
+        data: &mut [u8],
+    ) {
+        IntelIommu::mmio_read(self, offset, data)
+    }
+
+    fn mmio_write(
+        &self,
+        _base: vm_device::bus::MmioAddress,
+        offset: vm_device::bus::MmioAddressOffset,
+        data: &[u8],
+    ) {
+        IntelIommu::mmio_write(self, offset, data)
+    }
+}
