@@ -5,6 +5,7 @@
 //! [`interrupt::MsiRouter`] seam and DMA goes through `viommu::DmaMemory`, so
 //! an IOMMU can sit on both paths without the devices knowing.
 
+pub mod dma_test;
 pub mod interrupt;
 pub mod ioapic;
 pub mod legacy;

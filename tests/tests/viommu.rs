@@ -138,3 +138,57 @@ fn second_stage_in_scalable_mode() {
         translates: true,
     });
 }
+
+/// The dma-test device DMAs to IOVAs the guest never mapped; the guest's
+/// own fault handler reports what it read from the fault recording
+/// registers.
+fn fault_run(name: &str, cmdline: &str) -> L1Run {
+    let _l1 = serial();
+    let dir = scratch(&format!("viommu-fault-{name}"));
+    let mut args = VmmArgs::new(initramfs(&dir, "dma-fault.sh", &[]));
+    args.cpus = 2;
+    args.cmdline = format!("console=ttyS0 quiet panic=-1 iomem=relaxed {cmdline}");
+    args.extra = vec![
+        "--device".into(),
+        "dma-test,iommu=on".into(),
+        "--viommu".into(),
+        "intel".into(),
+        "--counters".into(),
+    ];
+    let run = run_in_l1(&dir, &args.command());
+    assert!(run.has_line("GUEST-CHECKS-DONE"), "{}", run.output);
+    assert_eq!(run.status, 0, "{}", run.output);
+    assert_eq!(
+        run.value("FAULTS").as_deref(),
+        Some("0x00000002"),
+        "{}",
+        run.output
+    );
+    assert_eq!(counter(&run, "faults_recorded"), 2);
+    run
+}
+
+#[test]
+fn dma_fault_reported_by_guest_driver_scalable() {
+    let run = fault_run("scalable", "intel_iommu=on");
+    // First-stage default domain: the leaf for an unmapped IOVA is not present.
+    assert!(run.has_line(
+        "DMAR: [DMA Write NO_PASID] Request device [00:01.0] fault addr 0xdead0000 [fault reason 0x71]"
+    ), "{}", run.output);
+    assert!(run.has_line(
+        "DMAR: [DMA Read NO_PASID] Request device [00:01.0] fault addr 0xbeef0000 [fault reason 0x71]"
+    ), "{}", run.output);
+}
+
+#[test]
+fn dma_fault_reported_by_guest_driver_legacy() {
+    let run = fault_run("legacy", "intel_iommu=on,sm_off");
+    // Legacy second stage: a non-present entry is a missing write (5h) or
+    // read (6h) permission.
+    assert!(run.has_line(
+        "DMAR: [DMA Write NO_PASID] Request device [00:01.0] fault addr 0xdead0000 [fault reason 0x05] PTE Write access is not set"
+    ), "{}", run.output);
+    assert!(run.has_line(
+        "DMAR: [DMA Read NO_PASID] Request device [00:01.0] fault addr 0xbeef0000 [fault reason 0x06] PTE Read access is not set"
+    ), "{}", run.output);
+}

@@ -10,6 +10,7 @@ use arch::x86_64::acpi::{
     DrhdConfig,
 };
 use arch::x86_64::layout::*;
+use devices::dma_test::DmaTest;
 use devices::interrupt::{IoEventRegistry, MsiRouter};
 use devices::ioapic::Ioapic;
 use devices::legacy::acpi_pm::AcpiPm;
@@ -264,6 +265,26 @@ pub fn build(cli: &Cli) -> Result<Vm, VmmError> {
         let dev: SharedPciDevice = Arc::new(Mutex::new(dev));
         root.add_device(bdf, dev);
         subscribers.push(block);
+    }
+    for dev in &cli.device {
+        let crate::config::DeviceConfig::DmaTest {
+            iommu: behind_iommu,
+        } = dev;
+        let bdf = root
+            .next_bdf()
+            .filter(|b| b.0 != IOAPIC_REQUESTER_ID)
+            .ok_or_else(|| VmmError::Input("too many PCI devices".into()))?;
+        let dma = match (&iommu, *behind_iommu) {
+            (Some(unit), true) => {
+                iommu_scope.insert(bdf.0);
+                DmaSpace::translated(bdf.0, unit.clone())
+            }
+            _ => DmaSpace::identity(bdf.0),
+        };
+        let mut dev = DmaTest::new(dma.into_memory(mem.clone()))
+            .map_err(|e| VmmError::Setup(format!("dma-test at {bdf}: {e}")))?;
+        bars.assign(&mut dev)?;
+        root.add_device(bdf, Arc::new(Mutex::new(dev)));
     }
     let root = Arc::new(root);
     let pci_mmio = Arc::new(PciMmio(root.clone()));

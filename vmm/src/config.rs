@@ -27,6 +27,10 @@ pub struct Cli {
     /// A virtio-blk disk: path=FILE[,readonly=on][,iommu=on]. Repeatable.
     #[arg(long, value_name = "SPEC", value_parser = parse_disk)]
     pub disk: Vec<DiskConfig>,
+    /// An extra device: dma-test[,iommu=on] (a PCIe endpoint that performs
+    /// DMA on command, for IOMMU tests). Repeatable.
+    #[arg(long, value_name = "SPEC", value_parser = parse_device)]
+    pub device: Vec<DeviceConfig>,
     /// An emulated IOMMU: intel[,scalable=on|off][,first-stage=on|off]
     /// [,caching-mode=on|off][,intremap=on|off][,aw-bits=39|48|57][,pasid-bits=N]
     #[arg(long, value_name = "SPEC", value_parser = parse_viommu)]
@@ -121,6 +125,29 @@ pub fn parse_disk(s: &str) -> Result<DiskConfig, String> {
     })
 }
 
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeviceConfig {
+    DmaTest { iommu: bool },
+}
+
+/// Parses `dma-test[,iommu=on|off]`.
+pub fn parse_device(s: &str) -> Result<DeviceConfig, String> {
+    let mut parts = s.split(',');
+    match parts.next() {
+        Some("dma-test") => {}
+        Some(other) => return Err(format!("unknown device '{other}' (supported: dma-test)")),
+        None => return Err("empty device spec".into()),
+    }
+    let mut iommu = false;
+    for part in parts {
+        match part.split_once('=') {
+            Some(("iommu", v)) => iommu = parse_on_off("iommu", v)?,
+            _ => return Err(format!("unknown dma-test option '{part}'")),
+        }
+    }
+    Ok(DeviceConfig::DmaTest { iommu })
+}
+
 /// Parses `intel[,key=value]...`.
 pub fn parse_viommu(s: &str) -> Result<VtdConfig, String> {
     let mut parts = s.split(',');
@@ -207,6 +234,21 @@ mod tests {
         assert!(parse_disk("path=/a,readonly=yes").is_err());
         assert!(parse_disk("path=/a,bogus=1").is_err());
         assert!(parse_disk("/a.img").is_err());
+    }
+
+    #[test]
+    fn device_specs() {
+        assert_eq!(
+            parse_device("dma-test"),
+            Ok(DeviceConfig::DmaTest { iommu: false })
+        );
+        assert_eq!(
+            parse_device("dma-test,iommu=on"),
+            Ok(DeviceConfig::DmaTest { iommu: true })
+        );
+        assert!(parse_device("gpu").is_err());
+        assert!(parse_device("dma-test,iommu=yes").is_err());
+        assert!(parse_device("dma-test,speed=9").is_err());
     }
 
     #[test]
