@@ -1,7 +1,7 @@
 #!/bin/bash
 # Installs the host packages the test harness needs: QEMU 10 from
 # bookworm-backports (the L1 hypervisor), busybox-static and cpio for the
-# initramfs images. The backports archive address is derived from the
+# initramfs images, gcc and glibc's static library for guest test programs. The backports archive address is derived from the
 # machine's own apt sources so no mirror is written into the repository.
 set -euo pipefail
 
@@ -13,6 +13,9 @@ command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 [ -x /bin/busybox ] || need+=(busybox-static)
 command -v cpio >/dev/null || need+=(cpio)
 command -v zstd >/dev/null || need+=(zstd)
+command -v gcc >/dev/null || need+=(gcc)
+# Static guest test programs link against glibc's static archive.
+[ -f /usr/lib/x86_64-linux-gnu/libc.a ] || need+=(libc6-dev)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 list=/etc/apt/sources.list.d/vmm-backports.sources

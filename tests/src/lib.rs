@@ -92,15 +92,42 @@ pub fn scratch(name: &str) -> PathBuf {
 
 /// Builds a busybox initramfs running `tests/guest/<script>` with `modules` loaded.
 pub fn initramfs(scratch: &Path, script: &str, modules: &[&str]) -> PathBuf {
+    initramfs_with(scratch, script, modules, &[])
+}
+
+/// Like [`initramfs`], with extra host files copied in as `(source, destination)`.
+pub fn initramfs_with(
+    scratch: &Path,
+    script: &str,
+    modules: &[&str],
+    files: &[(PathBuf, &str)],
+) -> PathBuf {
     let out = scratch.join(format!("{script}.cpio.gz"));
-    let status = Command::new("bash")
-        .arg(repo_root().join("resources/mkinitramfs.sh"))
+    let mut cmd = Command::new("bash");
+    cmd.arg(repo_root().join("resources/mkinitramfs.sh"));
+    for (src, dst) in files {
+        cmd.arg("--file").arg(format!("{}={dst}", src.display()));
+    }
+    let status = cmd
         .arg(&out)
         .arg(repo_root().join("tests/guest").join(script))
         .args(modules)
         .status()
         .expect("run mkinitramfs.sh");
     assert!(status.success(), "mkinitramfs.sh failed for {script}");
+    out
+}
+
+/// Compiles `tests/guest/<source>` into a static guest binary in `scratch`.
+pub fn guest_program(scratch: &Path, source: &str) -> PathBuf {
+    let out = scratch.join(source.trim_end_matches(".c"));
+    let status = Command::new("gcc")
+        .args(["-static", "-O2", "-Wall", "-o"])
+        .arg(&out)
+        .arg(repo_root().join("tests/guest").join(source))
+        .status()
+        .expect("run gcc");
+    assert!(status.success(), "gcc failed for {source}");
     out
 }
 
