@@ -15,17 +15,29 @@
 //! 0x24 RESULT (RO)   sum of the bytes a READ fetched (wrapping u32)
 //! 0x28 FAULTS (RO)   DMA faults so far
 //! 0x2c DONE (RO)     commands completed so far
+//! 0x30 PAGE_REQUESTS (RO)  PRI page requests sent
+//! 0x34 PAGE_RESPONSES (RO) page group responses received
 //! ```
 //!
 //! Commands run synchronously on the write to COMMAND. DMA needs Bus
 //! Master Enable, as on real hardware.
+//!
+//! Behind an IOMMU with PASIDs the device also has the PASID, ATS and PRI
+//! extended capabilities. With ATS enabled it translates through ATS
+//! Translation Requests and keeps the results in its own translation cache
+//! (flushed by device-TLB invalidations); with PRI enabled a failed
+//! translation becomes a page request, STATUS reads 3 (waiting) until the
+//! page group response arrives, and the command is retried.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
 
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::pci::caps::add_pcie_rciep;
 use crate::pci::config::{Bar, BarKind, ConfigError, ConfigSpace, COMMAND_BUS_MASTER};
 use crate::pci::PciDevice;
-use viommu::DmaMemory;
+use viommu::{Access, AtsEndpoint, DmaSpace, GuestMemoryMmap, PageRequest};
 
 pub const VENDOR_ID: u16 = 0x1234;
 pub const DEVICE_ID: u16 = 0x5a5a;
@@ -43,15 +55,52 @@ const REG_STATUS: u64 = 0x20;
 const REG_RESULT: u64 = 0x24;
 const REG_FAULTS: u64 = 0x28;
 const REG_DONE: u64 = 0x2c;
+const REG_PAGE_REQUESTS: u64 = 0x30;
+const REG_PAGE_RESPONSES: u64 = 0x34;
+
+/// Extended capability IDs (PCIe 5.0 §7.8.6, §10.5.1, §10.5.2).
+const EXT_CAP_ATS: u16 = 0x0f;
+const EXT_CAP_PRI: u16 = 0x13;
+const EXT_CAP_PASID: u16 = 0x1b;
+/// Outstanding page requests the device may have (PRI capacity).
+const PRI_CAPACITY: u32 = 32;
+const STATUS_WAITING: u32 = 3;
 
 const CMD_WRITE: u32 = 1;
 const CMD_READ: u32 = 2;
 const STATUS_DONE: u32 = 1;
 const STATUS_FAULT: u32 = 2;
 
+/// What the device offers beyond plain DMA.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DmaTestFeatures {
+    /// PASID width in bits (0: no PASID capability).
+    pub pasid_bits: u8,
+    /// ATS and PRI capabilities.
+    pub ats_pri: bool,
+}
+
+/// A cached ATS translation of one 4 KiB page.
+#[derive(Clone, Copy)]
+struct AtcEntry {
+    gpa: u64,
+    write: bool,
+}
+
 pub struct DmaTest {
     config: ConfigSpace,
-    mem: DmaMemory,
+    space: DmaSpace,
+    ram: GuestMemoryMmap,
+    pasid_cap: Option<usize>,
+    ats_cap: Option<usize>,
+    pri_cap: Option<usize>,
+    atc: HashMap<(Option<u32>, u64), AtcEntry>,
+    /// The command waiting for a page group response.
+    pending: Option<u32>,
+    prg_index: u16,
+    page_requests: u32,
+    page_responses: u32,
+    endpoint: Option<Arc<Endpoint>>,
     addr: u64,
     len: u32,
     pattern: u32,
@@ -62,8 +111,36 @@ pub struct DmaTest {
     done: u32,
 }
 
+/// Delivers the IOMMU's page responses and ATC invalidations to the device.
+pub struct Endpoint(Weak<Mutex<DmaTest>>);
+
+impl AtsEndpoint for Endpoint {
+    fn page_response(&self, _pasid: Option<u32>, _prg_index: u16, code: u8) {
+        if let Some(dev) = self.0.upgrade() {
+            if let Ok(mut d) = dev.lock() {
+                d.on_page_response(code);
+            }
+        }
+    }
+
+    fn invalidate_atc(&self, pasid: Option<u32>) {
+        if let Some(dev) = self.0.upgrade() {
+            if let Ok(mut d) = dev.lock() {
+                match pasid {
+                    Some(p) => d.atc.retain(|(q, _), _| *q != Some(p)),
+                    None => d.atc.clear(),
+                }
+            }
+        }
+    }
+}
+
 impl DmaTest {
-    pub fn new(mem: DmaMemory) -> Result<Self, ConfigError> {
+    pub fn new(
+        space: DmaSpace,
+        ram: GuestMemoryMmap,
+        features: DmaTestFeatures,
+    ) -> Result<Self, ConfigError> {
         let mut config = ConfigSpace::new(VENDOR_ID, DEVICE_ID, 0xff_00_00, 1);
         config.add_bar(
             0,
@@ -74,9 +151,53 @@ impl DmaTest {
             },
         )?;
         add_pcie_rciep(&mut config)?;
+        let mut pasid_cap = None;
+        let (mut ats_cap, mut pri_cap) = (None, None);
+        if features.ats_pri {
+            // ATS: queue depth 0 (= 32), page-aligned requests; control
+            // Enable (15) and STU (4:0) are writable.
+            ats_cap = Some(config.add_extended_capability(
+                EXT_CAP_ATS,
+                1,
+                &[0x20, 0x00, 0x00, 0x00],
+                &[0x00, 0x00, 0x1f, 0x80],
+            )?);
+            // PRI: control (enable, reset), status (stopped, PRG response
+            // needs PASID), capacity, allocation.
+            let mut body = [0u8; 12];
+            body[2..4].copy_from_slice(&((1u16 << 8) | (1 << 15)).to_le_bytes());
+            body[4..8].copy_from_slice(&PRI_CAPACITY.to_le_bytes());
+            let mut mask = [0u8; 12];
+            mask[0] = 0x03;
+            mask[8..12].fill(0xff);
+            pri_cap = Some(config.add_extended_capability(EXT_CAP_PRI, 1, &body, &mask)?);
+        }
+        if features.pasid_bits > 0 {
+            // PASID: no execute or privileged mode; width in bits 12:8;
+            // control Enable (bit 0) writable.
+            let cap = (features.pasid_bits.min(20) as u16) << 8;
+            let mut body = [0u8; 4];
+            body[0..2].copy_from_slice(&cap.to_le_bytes());
+            pasid_cap = Some(config.add_extended_capability(
+                EXT_CAP_PASID,
+                1,
+                &body,
+                &[0x00, 0x00, 0x01, 0x00],
+            )?);
+        }
         Ok(DmaTest {
             config,
-            mem,
+            space,
+            ram,
+            pasid_cap,
+            ats_cap,
+            pri_cap,
+            atc: HashMap::new(),
+            pending: None,
+            prg_index: 0,
+            page_requests: 0,
+            page_responses: 0,
+            endpoint: None,
             addr: 0,
             len: 0,
             pattern: 0,
@@ -88,25 +209,35 @@ impl DmaTest {
         })
     }
 
-    fn run(&mut self, cmd: u32) {
-        if self.config.command() & COMMAND_BUS_MASTER == 0 || self.len > MAX_LEN {
-            self.status = STATUS_FAULT;
-            return;
+    /// Registers the device with its IOMMU for page responses and
+    /// device-TLB invalidations.
+    pub fn attach(dev: &Arc<Mutex<DmaTest>>) {
+        let ep = Arc::new(Endpoint(Arc::downgrade(dev)));
+        let Ok(mut d) = dev.lock() else { return };
+        if let Some(t) = d.space.translator() {
+            let weak: Weak<dyn AtsEndpoint> = Arc::downgrade(&(ep.clone() as Arc<dyn AtsEndpoint>));
+            t.register_endpoint(d.space.requester_id(), weak);
         }
-        let len = self.len as usize;
-        let ok = match cmd {
-            CMD_WRITE => {
-                let buf = vec![self.pattern as u8; len];
-                self.mem.write_slice(&buf, GuestAddress(self.addr)).is_ok()
-            }
-            CMD_READ => {
-                let mut buf = vec![0u8; len];
-                let r = self.mem.read_slice(&mut buf, GuestAddress(self.addr));
-                self.result = buf.iter().fold(0u32, |a, &b| a.wrapping_add(b as u32));
-                r.is_ok()
-            }
-            _ => return,
-        };
+        d.endpoint = Some(ep);
+    }
+
+    fn ext_control(&self, cap: Option<usize>, offset: usize, bit: u16) -> bool {
+        cap.is_some_and(|c| self.config.read_u16(c + offset) & bit != 0)
+    }
+
+    fn pasid_enabled(&self) -> bool {
+        self.ext_control(self.pasid_cap, 6, 1)
+    }
+
+    fn ats_enabled(&self) -> bool {
+        self.ext_control(self.ats_cap, 6, 1 << 15)
+    }
+
+    fn pri_enabled(&self) -> bool {
+        self.ext_control(self.pri_cap, 4, 1)
+    }
+
+    fn finish(&mut self, ok: bool) {
         if ok {
             self.status = STATUS_DONE;
         } else {
@@ -114,6 +245,149 @@ impl DmaTest {
             self.faults = self.faults.wrapping_add(1);
         }
         self.done = self.done.wrapping_add(1);
+    }
+
+    fn run(&mut self, cmd: u32) {
+        if cmd != CMD_WRITE && cmd != CMD_READ {
+            return;
+        }
+        self.pending = None;
+        if self.config.command() & COMMAND_BUS_MASTER == 0 || self.len > MAX_LEN {
+            self.status = STATUS_FAULT;
+            return;
+        }
+        let pasid = (self.pasid & (1 << 31) != 0).then_some(self.pasid & 0xf_ffff);
+        if pasid.is_some() && !self.pasid_enabled() {
+            self.finish(false);
+            return;
+        }
+        if self.ats_enabled() {
+            self.run_translated(cmd, pasid);
+            return;
+        }
+        // Untranslated requests: the IOMMU translates (and records faults).
+        let mem = self.space.with_pasid(pasid).into_memory(self.ram.clone());
+        let len = self.len as usize;
+        let ok = if cmd == CMD_WRITE {
+            let buf = vec![self.pattern as u8; len];
+            mem.write_slice(&buf, GuestAddress(self.addr)).is_ok()
+        } else {
+            let mut buf = vec![0u8; len];
+            let r = mem.read_slice(&mut buf, GuestAddress(self.addr));
+            self.result = buf.iter().fold(0u32, |a, &b| a.wrapping_add(b as u32));
+            r.is_ok()
+        };
+        self.finish(ok);
+    }
+
+    /// The ATS path: translate each page (ATC first), then access guest
+    /// memory with the translated address. A translation failure with PRI
+    /// enabled becomes a page request; the response resumes the command.
+    fn run_translated(&mut self, cmd: u32, pasid: Option<u32>) {
+        let write = cmd == CMD_WRITE;
+        let Some(end) = self.addr.checked_add(self.len as u64) else {
+            self.finish(false);
+            return;
+        };
+        let mut pieces = Vec::new();
+        let mut page = self.addr & !0xfff;
+        while page < end {
+            let cached = self.atc.get(&(pasid, page)).copied().filter(|e| e.write || !write);
+            let entry = match cached {
+                Some(e) => e,
+                None => {
+                    let access = if write { Access::Write } else { Access::Read };
+                    let t = self
+                        .space
+                        .translator()
+                        .map(|t| t.translate_ats(self.space.requester_id(), pasid, page, 4096, access));
+                    match t {
+                        Some(Ok(v)) if v.len() == 1 => {
+                            let e = AtcEntry { gpa: v[0].gpa, write };
+                            self.atc.insert((pasid, page), e);
+                            e
+                        }
+                        None => AtcEntry { gpa: page, write: true },
+                        _ => {
+                            self.page_fault(cmd, pasid, page, write);
+                            return;
+                        }
+                    }
+                }
+            };
+            let start = self.addr.max(page);
+            let stop = end.min(page + 4096);
+            pieces.push((entry.gpa + (start - page), (stop - start) as usize));
+            page += 4096;
+        }
+        let mut ok = true;
+        let mut sum = 0u32;
+        for (gpa, n) in pieces {
+            if write {
+                ok &= self.ram.write_slice(&vec![self.pattern as u8; n], GuestAddress(gpa)).is_ok();
+            } else {
+                let mut buf = vec![0u8; n];
+                ok &= self.ram.read_slice(&mut buf, GuestAddress(gpa)).is_ok();
+                sum = buf.iter().fold(sum, |a, &b| a.wrapping_add(b as u32));
+            }
+        }
+        if !write {
+            self.result = sum;
+        }
+        self.finish(ok);
+    }
+
+    fn page_fault(&mut self, cmd: u32, pasid: Option<u32>, page: u64, write: bool) {
+        let Some(t) = self.space.translator().cloned() else {
+            self.finish(false);
+            return;
+        };
+        if !self.pri_enabled() {
+            self.finish(false);
+            return;
+        }
+        self.prg_index = (self.prg_index + 1) & 0x1ff;
+        let req = PageRequest {
+            requester_id: self.space.requester_id(),
+            pasid,
+            address: page,
+            read: !write,
+            write,
+            exec: false,
+            privileged: false,
+            prg_index: self.prg_index,
+            last: true,
+        };
+        match t.page_request(&req) {
+            Ok(()) => {
+                self.page_requests = self.page_requests.wrapping_add(1);
+                self.pending = Some(cmd);
+                self.status = STATUS_WAITING;
+            }
+            Err(_) => self.finish(false),
+        }
+    }
+
+    fn on_page_response(&mut self, code: u8) {
+        self.page_responses = self.page_responses.wrapping_add(1);
+        let Some(cmd) = self.pending.take() else { return };
+        if code == 0 {
+            self.run(cmd);
+        } else {
+            self.finish(false);
+        }
+    }
+
+    /// PRI status follows control: Stopped while disabled (§10.5.2.3).
+    fn update_pri_status(&mut self) {
+        let Some(c) = self.pri_cap else { return };
+        let control = self.config.read_u16(c + 4);
+        let mut status = self.config.read_u16(c + 6) & !(1 << 8);
+        if control & 1 == 0 {
+            status |= 1 << 8;
+            self.pending = None;
+        }
+        self.config.set_u16(c + 6, status);
     }
 
     fn reg(&self, off: u64) -> u64 {
@@ -127,6 +401,8 @@ impl DmaTest {
             REG_RESULT => self.result as u64,
             REG_FAULTS => self.faults as u64,
             REG_DONE => self.done as u64,
+            REG_PAGE_REQUESTS => self.page_requests as u64,
+            REG_PAGE_RESPONSES => self.page_responses as u64,
             _ => 0,
         }
     }
@@ -138,7 +414,11 @@ impl PciDevice for DmaTest {
     }
 
     fn write_config(&mut self, offset: usize, data: &[u8]) {
-        self.config.write(offset, data)
+        self.config.write(offset, data);
+        self.update_pri_status();
+        if !self.ats_enabled() {
+            self.atc.clear();
+        }
     }
 
     fn bars(&self) -> Vec<(usize, Bar)> {
@@ -190,11 +470,11 @@ impl PciDevice for DmaTest {
 mod tests {
     use super::*;
     use crate::pci::config::COMMAND;
-    use viommu::{DmaSpace, GuestMemoryMmap};
 
     fn dev() -> (DmaTest, GuestMemoryMmap) {
         let ram = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
-        let d = DmaTest::new(DmaSpace::identity(0x10).into_memory(ram.clone())).unwrap();
+        let d = DmaTest::new(DmaSpace::identity(0x10), ram.clone(), DmaTestFeatures::default())
+            .unwrap();
         (d, ram)
     }
 
@@ -235,6 +515,32 @@ mod tests {
         assert_eq!(r32(&mut d, REG_STATUS), STATUS_FAULT);
         assert_eq!(r32(&mut d, REG_FAULTS), 1);
         w32(&mut d, REG_LEN, MAX_LEN + 1);
+        w32(&mut d, REG_COMMAND, CMD_WRITE);
+        assert_eq!(r32(&mut d, REG_STATUS), STATUS_FAULT);
+    }
+
+    #[test]
+    fn pasid_ats_pri_capabilities() {
+        let ram = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let f = DmaTestFeatures { pasid_bits: 20, ats_pri: true };
+        let mut d = DmaTest::new(DmaSpace::identity(0x10), ram, f).unwrap();
+        let caps = d.config.extended_capabilities();
+        let ids: Vec<u16> = caps.iter().map(|c| c.1).collect();
+        assert_eq!(ids, vec![EXT_CAP_ATS, EXT_CAP_PRI, EXT_CAP_PASID]);
+        let pri = d.pri_cap.unwrap();
+        assert_ne!(d.config.read_u16(pri + 6) & (1 << 8), 0, "stopped while disabled");
+        d.write_config(pri + 4, &1u16.to_le_bytes());
+        assert!(d.pri_enabled());
+        assert_eq!(d.config.read_u16(pri + 6) & (1 << 8), 0);
+        let pasid = d.pasid_cap.unwrap();
+        assert_eq!((d.config.read_u16(pasid + 4) >> 8) & 0x1f, 20);
+        d.write_config(pasid + 6, &0xffffu16.to_le_bytes());
+        assert_eq!(d.config.read_u16(pasid + 6), 1, "only Enable is writable");
+        // A PASID-tagged DMA without PASID enabled fails.
+        d.write_config(pasid + 6, &0u16.to_le_bytes());
+        d.write_config(COMMAND, &COMMAND_BUS_MASTER.to_le_bytes());
+        w32(&mut d, REG_PASID, (1 << 31) | 5);
+        w32(&mut d, REG_LEN, 4);
         w32(&mut d, REG_COMMAND, CMD_WRITE);
         assert_eq!(r32(&mut d, REG_STATUS), STATUS_FAULT);
     }

@@ -61,6 +61,31 @@ pub enum DmaFault {
     Overflow { iova: u64, len: u64 },
 }
 
+/// A device with an address translation cache (PCIe ATS) and page
+/// request interface (PRI), as the IOMMU sees it.
+pub trait AtsEndpoint: Send + Sync {
+    /// The answer to a page request group (`code`: 0 success, 1 invalid
+    /// request, 0xf response failure; PCIe 5.0 §10.4.2.1).
+    fn page_response(&self, pasid: Option<u32>, prg_index: u16, code: u8);
+    /// A device-TLB invalidation reached the device: drop cached
+    /// translations (the whole cache is allowed: over-invalidation is legal).
+    fn invalidate_atc(&self, pasid: Option<u32>);
+}
+
+/// One PRI page request (PCIe 5.0 §10.4.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageRequest {
+    pub requester_id: u16,
+    pub pasid: Option<u32>,
+    pub address: u64,
+    pub read: bool,
+    pub write: bool,
+    pub exec: bool,
+    pub privileged: bool,
+    pub prg_index: u16,
+    pub last: bool,
+}
+
 /// The IOMMU model's side of the seam.
 pub trait Translate: Send + Sync {
     /// Translates `[iova, iova + len)` for `requester_id` (bus/dev/fn) and an
@@ -73,13 +98,43 @@ pub trait Translate: Send + Sync {
         len: u64,
         access: Access,
     ) -> Result<Vec<Translation>, DmaFault>;
+
+    /// An ATS Translation Request: like `translate`, but a failure is
+    /// returned to the device instead of being recorded as a fault, so the
+    /// device can ask for the page with PRI.
+    fn translate_ats(
+        &self,
+        requester_id: u16,
+        pasid: Option<u32>,
+        iova: u64,
+        len: u64,
+        access: Access,
+    ) -> Result<Vec<Translation>, DmaFault> {
+        self.translate(requester_id, pasid, iova, len, access)
+    }
+
+    /// Sends a PRI page request; the answer arrives at the endpoint
+    /// registered for the requester ID. Err when the IOMMU cannot take page
+    /// requests (the device then treats the access as failed).
+    fn page_request(&self, _req: &PageRequest) -> Result<(), DmaFault> {
+        Err(DmaFault::Blocked {
+            iova: 0,
+            len: 0,
+            reason: "no page request interface".into(),
+        })
+    }
+
+    /// Registers the device that answers page responses and device-TLB
+    /// invalidations for `requester_id`.
+    fn register_endpoint(&self, _requester_id: u16, _endpoint: std::sync::Weak<dyn AtsEndpoint>) {}
 }
 
-/// The DMA address space of one endpoint.
+/// The DMA address space of one endpoint (and, optionally, one PASID).
 #[derive(Clone)]
 pub struct DmaSpace {
     requester_id: u16,
     translator: Option<Arc<dyn Translate>>,
+    pasid: Option<u32>,
 }
 
 impl Debug for DmaSpace {
@@ -97,6 +152,7 @@ impl DmaSpace {
         DmaSpace {
             requester_id,
             translator: None,
+            pasid: None,
         }
     }
 
@@ -105,11 +161,29 @@ impl DmaSpace {
         DmaSpace {
             requester_id,
             translator: Some(translator),
+            pasid: None,
+        }
+    }
+
+    /// The same endpoint, with every request tagged with `pasid`.
+    pub fn with_pasid(&self, pasid: Option<u32>) -> Self {
+        DmaSpace {
+            pasid,
+            ..self.clone()
         }
     }
 
     pub fn requester_id(&self) -> u16 {
         self.requester_id
+    }
+
+    pub fn pasid(&self) -> Option<u32> {
+        self.pasid
+    }
+
+    /// The IOMMU translating this space, if any.
+    pub fn translator(&self) -> Option<&Arc<dyn Translate>> {
+        self.translator.as_ref()
     }
 
     /// Builds the memory view a device uses for its DMA.
@@ -135,7 +209,7 @@ impl DmaSpace {
                 );
             }
             Some(t) => {
-                for piece in t.translate(self.requester_id, None, iova, len, access)? {
+                for piece in t.translate(self.requester_id, self.pasid, iova, len, access)? {
                     let perm = match access {
                         Access::Read => Permissions::Read,
                         Access::Write => Permissions::Write,

@@ -8,4 +8,7 @@
 pub mod dma;
 pub mod intel;
 
-pub use dma::{Access, DmaFault, DmaMemory, DmaSpace, GuestMemoryMmap, Translate, Translation};
+pub use dma::{
+    Access, AtsEndpoint, DmaFault, DmaMemory, DmaSpace, GuestMemoryMmap, PageRequest, Translate,
+    Translation,
+};

@@ -10,7 +10,7 @@ use arch::x86_64::acpi::{
     DrhdConfig,
 };
 use arch::x86_64::layout::*;
-use devices::dma_test::DmaTest;
+use devices::dma_test::{DmaTest, DmaTestFeatures};
 use devices::interrupt::{IoEventRegistry, MsiRouter};
 use devices::ioapic::Ioapic;
 use devices::legacy::acpi_pm::AcpiPm;
@@ -281,10 +281,22 @@ pub fn build(cli: &Cli) -> Result<Vm, VmmError> {
             }
             _ => DmaSpace::identity(bdf.0),
         };
-        let mut dev = DmaTest::new(dma.into_memory(mem.clone()))
+        // Behind an IOMMU with PASIDs the device is SVA-capable:
+        // PASID (as wide as the IOMMU's), ATS and PRI.
+        let pasid_bits = match (cli.viommu, *behind_iommu) {
+            (Some(v), true) => v.pasid_bits,
+            _ => 0,
+        };
+        let features = DmaTestFeatures {
+            pasid_bits,
+            ats_pri: pasid_bits > 0,
+        };
+        let mut dev = DmaTest::new(dma, mem.clone(), features)
             .map_err(|e| VmmError::Setup(format!("dma-test at {bdf}: {e}")))?;
         bars.assign(&mut dev)?;
-        root.add_device(bdf, Arc::new(Mutex::new(dev)));
+        let dev = Arc::new(Mutex::new(dev));
+        DmaTest::attach(&dev);
+        root.add_device(bdf, dev);
     }
     let root = Arc::new(root);
     let pci_mmio = Arc::new(PciMmio(root.clone()));

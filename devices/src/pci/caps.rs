@@ -22,8 +22,10 @@ pub fn add_pcie_rciep(cs: &mut ConfigSpace) -> Result<usize, ConfigError> {
     // reporting enables, relaxed ordering, max payload/read request, no snoop.
     let mut mask = [0u8; 58];
     mask[6..8].copy_from_slice(&0x7fffu16.to_le_bytes());
-    // Device Capabilities 2 (cap offset 0x24): completion timeout disable.
-    body[0x22..0x26].copy_from_slice(&(1u32 << 4).to_le_bytes());
+    // Device Capabilities 2 (cap offset 0x24): completion timeout disable,
+    // End-End TLP Prefix supported with one prefix (carries PASIDs).
+    let devcap2: u32 = (1 << 4) | (1 << 21) | (1 << 22);
+    body[0x22..0x26].copy_from_slice(&devcap2.to_le_bytes());
     // Device Control 2 (cap offset 0x28): timeout value/disable writable.
     mask[0x26..0x28].copy_from_slice(&0x001fu16.to_le_bytes());
     cs.add_capability(CAP_ID_PCIE, &body, &mask)

@@ -19,6 +19,9 @@ pub struct Request {
     pub iova: u64,
     pub write: bool,
     pub privileged: bool,
+    /// An ATS Translation Request (the device caches the result); a
+    /// failure goes back to the device instead of being recorded.
+    pub translation_request: bool,
 }
 
 /// What a request resolved to.
@@ -191,6 +194,9 @@ pub fn resolve(
             return Err(ctx.fault(Reason::CONTEXT_INVALID));
         };
         ctx.record = !lc.fpd;
+        if req.translation_request && !lc.device_tlb {
+            return Err(ctx.fault(Reason::TT_BLOCKED));
+        }
         let (levels, root) = match lc.tt {
             TranslationType::PassThrough => return Ok(Resolved::Identity),
             TranslationType::Translated { levels, slptptr } => (levels, slptptr),
@@ -217,6 +223,9 @@ pub fn resolve(
         return Err(ctx.fault(Reason::SM_CONTEXT_INVALID));
     };
     ctx.record = !sc.fpd;
+    if req.translation_request && !sc.dte {
+        return Err(ctx.fault(Reason::SM_DTE_CLEAR));
+    }
     let pasid = match req.pasid {
         Some(p) => {
             if !sc.pasid_enable {

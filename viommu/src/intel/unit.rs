@@ -3,8 +3,9 @@
 //! an invalidation never interleave (§6.5.2.8: an invalidation wait
 //! completes only after translations that started before it finished).
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use vm_memory::{Bytes, GuestAddress};
 
@@ -15,7 +16,7 @@ use super::invalidation_queue::{self as iq, Descriptor};
 use super::iotlb::Caches;
 use super::regs::*;
 use super::translation::{self, Request, Resolved, WalkConfig};
-use crate::{Access, DmaFault, GuestMemoryMmap, Translate, Translation};
+use crate::{Access, AtsEndpoint, DmaFault, GuestMemoryMmap, PageRequest, Translate, Translation};
 
 /// Delivers the unit's own interrupts (fault events, invalidation
 /// completion, page requests). These are never remapped (§5.1.6).
@@ -86,8 +87,10 @@ impl VtdConfig {
             caching_mode: self.caching_mode,
             intremap: self.intremap,
             pasid_bits: self.pasid_bits,
-            device_tlb: false,
-            page_requests: false,
+            // PASIDs come with the rest of what SVA needs: device TLBs
+            // (ATS) and page requests (PRI).
+            device_tlb: self.pasid_bits > 0,
+            page_requests: self.pasid_bits > 0,
         }
     }
 }
@@ -108,6 +111,15 @@ struct State {
     /// Interrupts to send once the lock is released.
     outbox: Vec<(u64, u32)>,
     remap_changed: bool,
+    /// Devices with ATS/PRI, by requester ID.
+    endpoints: HashMap<u16, Weak<dyn AtsEndpoint>>,
+    /// Messages to endpoints, delivered once the lock is released.
+    to_endpoints: Vec<(Arc<dyn AtsEndpoint>, EndpointMsg)>,
+}
+
+enum EndpointMsg {
+    Response { pasid: Option<u32>, index: u16, code: u8 },
+    InvalidateAtc { pasid: Option<u32> },
 }
 
 pub struct IntelIommu {
@@ -135,6 +147,8 @@ impl IntelIommu {
                 irt: IrtConfig::from_irta(0),
                 outbox: Vec::new(),
                 remap_changed: false,
+                endpoints: HashMap::new(),
+                to_endpoints: Vec::new(),
             }),
             mem,
             sink,
@@ -150,9 +164,16 @@ impl IntelIommu {
     fn finish(&self, mut st: MutexGuard<'_, State>) {
         let outbox = std::mem::take(&mut st.outbox);
         let changed = std::mem::take(&mut st.remap_changed);
+        let messages = std::mem::take(&mut st.to_endpoints);
         drop(st);
         for (addr, data) in outbox {
             self.sink.send(addr, data);
+        }
+        for (ep, msg) in messages {
+            match msg {
+                EndpointMsg::Response { pasid, index, code } => ep.page_response(pasid, index, code),
+                EndpointMsg::InvalidateAtc { pasid } => ep.invalidate_atc(pasid),
+            }
         }
         if changed {
             self.sink.remapping_changed();
@@ -177,6 +198,7 @@ impl IntelIommu {
         let fsts_before = st.regs.get32(FSTS);
         let fectl_before = st.regs.get32(FECTL);
         let iectl_before = st.regs.get32(IECTL);
+        let pectl_before = st.regs.get32(PECTL);
         st.regs.write(offset, data);
         let len = data.len();
         if touches(offset, len, GCMD, 4) {
@@ -206,6 +228,9 @@ impl IntelIommu {
         }
         if touches(offset, len, IECTL, 4) {
             Self::unmask(&mut st, IECTL, IEDATA, IEADDR, IEUADDR, iectl_before);
+        }
+        if touches(offset, len, PECTL, 4) {
+            Self::unmask(&mut st, PECTL, PEDATA, PEADDR, PEUADDR, pectl_before);
         }
         if touches(offset, len, IQT, 8) {
             self.process_queue(&mut st);
@@ -407,7 +432,10 @@ impl IntelIommu {
                 }
                 2
             }
-            Descriptor::DeviceTlb { .. } => 3,
+            Descriptor::DeviceTlb { sid, .. } => {
+                Self::to_endpoint(st, sid, EndpointMsg::InvalidateAtc { pasid: None });
+                3
+            }
             Descriptor::InterruptEntryCache { .. } => {
                 st.remap_changed = true;
                 4
@@ -464,13 +492,78 @@ impl IntelIommu {
                 }
                 7
             }
-            Descriptor::PasidDeviceTlb { .. } => 8,
-            Descriptor::PageGroupResponse { .. } => {
+            Descriptor::PasidDeviceTlb { sid, pasid, .. } => {
+                Self::to_endpoint(st, sid, EndpointMsg::InvalidateAtc { pasid: Some(pasid) });
+                8
+            }
+            Descriptor::PageGroupResponse { rid, pasid, code, index, .. } => {
                 self.counters.page_responses.fetch_add(1, Relaxed);
+                Self::to_endpoint(st, rid, EndpointMsg::Response { pasid, index, code });
                 9
             }
         };
         self.counters.invalidations[slot].fetch_add(1, Relaxed);
+    }
+
+    fn to_endpoint(st: &mut State, rid: u16, msg: EndpointMsg) {
+        if let Some(ep) = st.endpoints.get(&rid).and_then(Weak::upgrade) {
+            st.to_endpoints.push((ep, msg));
+        }
+    }
+
+    // --- page requests (§7.5) ---
+
+    /// Writes a page request descriptor into the page request queue.
+    fn queue_page_request(&self, st: &mut State, r: &PageRequest) -> Result<(), DmaFault> {
+        let refuse = |reason: &str| DmaFault::Blocked {
+            iova: r.address,
+            len: 0,
+            reason: reason.into(),
+        };
+        if !st.features.page_requests {
+            return Err(refuse("page requests not supported"));
+        }
+        let pqa = st.regs.get64(PQA);
+        let size = 4096u64 << (pqa & 7);
+        let base = pqa & !0xfff;
+        let head = st.regs.get64(PQH) & 0x7ffe0;
+        let tail = st.regs.get64(PQT) & 0x7ffe0;
+        if base == 0 || (tail + 32) % size == head {
+            // No queue, or full: Page Request Overflow (§7.5.1); the
+            // request is answered with a failure.
+            let prs = st.regs.get32(PRS);
+            st.regs.set32(PRS, prs | PRS_PRO);
+            return Err(refuse("page request queue full"));
+        }
+        let mut qw0 = 1u64 | ((r.requester_id as u64) << 16);
+        if let Some(p) = r.pasid {
+            qw0 |= 1 << 8 | ((p as u64 & 0xf_ffff) << 32);
+        }
+        if r.exec {
+            qw0 |= 1 << 52;
+        }
+        if r.privileged {
+            qw0 |= 1 << 53;
+        }
+        let mut qw1 = r.address & !0xfff;
+        qw1 |= r.read as u64 | (r.write as u64) << 1 | (r.last as u64) << 2;
+        qw1 |= ((r.prg_index as u64) & 0x1ff) << 3;
+        let at = base + tail;
+        let written = [qw0, qw1, 0, 0]
+            .iter()
+            .enumerate()
+            .all(|(i, w)| self.mem.write_obj(*w, GuestAddress(at + i as u64 * 8)).is_ok());
+        if !written {
+            return Err(refuse("page request queue outside guest memory"));
+        }
+        st.regs.set64(PQT, (tail + 32) % size);
+        self.counters.page_requests.fetch_add(1, Relaxed);
+        let prs = st.regs.get32(PRS);
+        st.regs.set32(PRS, prs | PRS_PPR);
+        if prs & PRS_PPR == 0 {
+            Self::raise(st, PECTL, PEDATA, PEADDR, PEUADDR);
+        }
+        Ok(())
     }
 
     // --- fault recording (§7.2) ---
@@ -563,6 +656,10 @@ impl IntelIommu {
                 };
                 c.fetch_add(1, Relaxed);
             }
+            Err(f) if req.translation_request => {
+                // Returned to the device (it may use PRI); not a fault record.
+                self.counters.bump_fault(f.reason.0);
+            }
             Err(f) => self.report(&mut st, f),
         }
         self.finish(st);
@@ -613,14 +710,15 @@ impl IntelIommu {
     }
 }
 
-impl Translate for IntelIommu {
-    fn translate(
+impl IntelIommu {
+    fn translate_range(
         &self,
         requester_id: u16,
         pasid: Option<u32>,
         iova: u64,
         len: u64,
         access: Access,
+        translation_request: bool,
     ) -> Result<Vec<Translation>, DmaFault> {
         let end = iova
             .checked_add(len)
@@ -635,6 +733,7 @@ impl Translate for IntelIommu {
                 iova: cur,
                 write: access != Access::Read,
                 privileged: false,
+                translation_request,
             };
             let blocked = |f: Fault| DmaFault::Blocked {
                 iova: cur,
@@ -668,6 +767,41 @@ impl Translate for IntelIommu {
             cur = page_end;
         }
         Ok(out)
+    }
+}
+
+impl Translate for IntelIommu {
+    fn translate(
+        &self,
+        requester_id: u16,
+        pasid: Option<u32>,
+        iova: u64,
+        len: u64,
+        access: Access,
+    ) -> Result<Vec<Translation>, DmaFault> {
+        self.translate_range(requester_id, pasid, iova, len, access, false)
+    }
+
+    fn translate_ats(
+        &self,
+        requester_id: u16,
+        pasid: Option<u32>,
+        iova: u64,
+        len: u64,
+        access: Access,
+    ) -> Result<Vec<Translation>, DmaFault> {
+        self.translate_range(requester_id, pasid, iova, len, access, true)
+    }
+
+    fn page_request(&self, req: &PageRequest) -> Result<(), DmaFault> {
+        let mut st = self.lock();
+        let r = self.queue_page_request(&mut st, req);
+        self.finish(st);
+        r
+    }
+
+    fn register_endpoint(&self, requester_id: u16, endpoint: Weak<dyn AtsEndpoint>) {
+        self.lock().endpoints.insert(requester_id, endpoint);
     }
 }
 
