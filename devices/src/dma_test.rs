@@ -261,6 +261,7 @@ impl DmaTest {
             self.finish(false);
             return;
         }
+        let _in_flight = self.space.begin_dma();
         if self.ats_enabled() {
             self.run_translated(cmd, pasid);
             return;
@@ -292,22 +293,31 @@ impl DmaTest {
         let mut pieces = Vec::new();
         let mut page = self.addr & !0xfff;
         while page < end {
-            let cached = self.atc.get(&(pasid, page)).copied().filter(|e| e.write || !write);
+            let cached = self
+                .atc
+                .get(&(pasid, page))
+                .copied()
+                .filter(|e| e.write || !write);
             let entry = match cached {
                 Some(e) => e,
                 None => {
                     let access = if write { Access::Write } else { Access::Read };
-                    let t = self
-                        .space
-                        .translator()
-                        .map(|t| t.translate_ats(self.space.requester_id(), pasid, page, 4096, access));
+                    let t = self.space.translator().map(|t| {
+                        t.translate_ats(self.space.requester_id(), pasid, page, 4096, access)
+                    });
                     match t {
                         Some(Ok(v)) if v.len() == 1 => {
-                            let e = AtcEntry { gpa: v[0].gpa, write };
+                            let e = AtcEntry {
+                                gpa: v[0].gpa,
+                                write,
+                            };
                             self.atc.insert((pasid, page), e);
                             e
                         }
-                        None => AtcEntry { gpa: page, write: true },
+                        None => AtcEntry {
+                            gpa: page,
+                            write: true,
+                        },
                         _ => {
                             self.page_fault(cmd, pasid, page, write);
                             return;
@@ -324,7 +334,10 @@ impl DmaTest {
         let mut sum = 0u32;
         for (gpa, n) in pieces {
             if write {
-                ok &= self.ram.write_slice(&vec![self.pattern as u8; n], GuestAddress(gpa)).is_ok();
+                ok &= self
+                    .ram
+                    .write_slice(&vec![self.pattern as u8; n], GuestAddress(gpa))
+                    .is_ok();
             } else {
                 let mut buf = vec![0u8; n];
                 ok &= self.ram.read_slice(&mut buf, GuestAddress(gpa)).is_ok();
@@ -370,7 +383,9 @@ impl DmaTest {
 
     fn on_page_response(&mut self, code: u8) {
         self.page_responses = self.page_responses.wrapping_add(1);
-        let Some(cmd) = self.pending.take() else { return };
+        let Some(cmd) = self.pending.take() else {
+            return;
+        };
         if code == 0 {
             self.run(cmd);
         } else {
@@ -473,8 +488,12 @@ mod tests {
 
     fn dev() -> (DmaTest, GuestMemoryMmap) {
         let ram = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
-        let d = DmaTest::new(DmaSpace::identity(0x10), ram.clone(), DmaTestFeatures::default())
-            .unwrap();
+        let d = DmaTest::new(
+            DmaSpace::identity(0x10),
+            ram.clone(),
+            DmaTestFeatures::default(),
+        )
+        .unwrap();
         (d, ram)
     }
 
@@ -522,13 +541,20 @@ mod tests {
     #[test]
     fn pasid_ats_pri_capabilities() {
         let ram = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
-        let f = DmaTestFeatures { pasid_bits: 20, ats_pri: true };
+        let f = DmaTestFeatures {
+            pasid_bits: 20,
+            ats_pri: true,
+        };
         let mut d = DmaTest::new(DmaSpace::identity(0x10), ram, f).unwrap();
         let caps = d.config.extended_capabilities();
         let ids: Vec<u16> = caps.iter().map(|c| c.1).collect();
         assert_eq!(ids, vec![EXT_CAP_ATS, EXT_CAP_PRI, EXT_CAP_PASID]);
         let pri = d.pri_cap.unwrap();
-        assert_ne!(d.config.read_u16(pri + 6) & (1 << 8), 0, "stopped while disabled");
+        assert_ne!(
+            d.config.read_u16(pri + 6) & (1 << 8),
+            0,
+            "stopped while disabled"
+        );
         d.write_config(pri + 4, &1u16.to_le_bytes());
         assert!(d.pri_enabled());
         assert_eq!(d.config.read_u16(pri + 6) & (1 << 8), 0);

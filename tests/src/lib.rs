@@ -247,3 +247,67 @@ pub fn sha256_prefix(path: &Path, len: u64) -> String {
         .expect("sha256sum");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+/// The kbuild directory of the guest kernel's headers
+/// (resources/guest-headers.sh), for building guest modules.
+pub fn guest_headers_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = Command::new("bash")
+            .arg(repo_root().join("resources/guest-headers.sh"))
+            .output()
+            .expect("run resources/guest-headers.sh");
+        assert!(
+            out.status.success(),
+            "guest-headers.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let s = String::from_utf8_lossy(&out.stdout);
+        PathBuf::from(
+            s.lines()
+                .last()
+                .expect("guest-headers.sh printed a path")
+                .trim(),
+        )
+    })
+    .clone()
+}
+
+/// Builds the out-of-tree guest module in `tests/guest/<dir>` (a Kbuild
+/// `Makefile`) from a copy in `scratch/<dir>`; returns its `.ko`. The copy
+/// also gives [`guest_program`] the `scratch/<dir>` it needs for sources in
+/// `tests/guest/<dir>/`.
+pub fn guest_module(scratch: &Path, dir: &str) -> PathBuf {
+    let src = repo_root().join("tests/guest").join(dir);
+    let build = scratch.join(dir);
+    let _ = std::fs::remove_dir_all(&build);
+    std::fs::create_dir_all(&build).expect("create module build dir");
+    for e in std::fs::read_dir(&src).expect("read module source dir") {
+        let e = e.expect("module source entry");
+        if e.file_type().map(|t| t.is_file()).unwrap_or(false) {
+            std::fs::copy(e.path(), build.join(e.file_name())).expect("copy module source");
+        }
+    }
+    let out = Command::new("make")
+        .arg("-C")
+        .arg(guest_headers_dir())
+        .arg(format!("M={}", build.display()))
+        // Test modules need no BTF; without it the host needs no pahole.
+        .arg("CONFIG_DEBUG_INFO_BTF_MODULES=")
+        .arg("modules")
+        .output()
+        .expect("run make");
+    assert!(
+        out.status.success(),
+        "module build of tests/guest/{dir} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let kos: Vec<PathBuf> = std::fs::read_dir(&build)
+        .expect("read module build dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "ko"))
+        .collect();
+    assert_eq!(kos.len(), 1, "expected one .ko in {}", build.display());
+    kos[0].clone()
+}

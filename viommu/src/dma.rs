@@ -11,8 +11,9 @@
 //! translation is only valid for the access it was made for, and an
 //! invalidation in the model can never leave a stale entry here.
 
+use std::collections::BTreeMap;
 use std::fmt::{self, Debug};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 
 use vm_memory::iommu::{Error as IommuError, Iommu, IotlbIterator};
 use vm_memory::{GuestAddress, IommuMemory, Iotlb, Permissions};
@@ -59,6 +60,67 @@ pub enum DmaFault {
     Blocked { iova: u64, len: u64, reason: String },
     #[error("DMA range {iova:#x} (+{len}) overflows the address space")]
     Overflow { iova: u64, len: u64 },
+}
+
+/// Tracks DMA in flight so an IOMMU can wait for it (VT-d §6.5.2.8: an
+/// invalidation wait completes only after every translated access that
+/// started before it has finished).
+///
+/// Devices hold a [`DmaGuard`] for the whole of an operation that uses
+/// translations (a virtio request, a DMA command); the IOMMU calls
+/// [`DmaFence::drain`] without holding any lock a device needs. Guards
+/// never block; only the drainer waits.
+#[derive(Default)]
+pub struct DmaFence {
+    state: Mutex<FenceState>,
+    idle: Condvar,
+}
+
+#[derive(Default)]
+struct FenceState {
+    epoch: u64,
+    inflight: BTreeMap<u64, usize>,
+}
+
+/// An operation in flight; dropping it ends the operation.
+pub struct DmaGuard {
+    fence: Arc<DmaFence>,
+    epoch: u64,
+}
+
+impl DmaFence {
+    pub fn enter(self: &Arc<Self>) -> DmaGuard {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let epoch = st.epoch;
+        *st.inflight.entry(epoch).or_insert(0) += 1;
+        DmaGuard {
+            fence: self.clone(),
+            epoch,
+        }
+    }
+
+    /// Waits until every operation that started before this call ended.
+    pub fn drain(&self) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let target = st.epoch;
+        st.epoch += 1;
+        while st.inflight.range(..=target).next().is_some() {
+            st = self.idle.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+impl Drop for DmaGuard {
+    fn drop(&mut self) {
+        let mut st = self.fence.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = st.inflight.get_mut(&self.epoch) {
+            *n -= 1;
+            if *n == 0 {
+                st.inflight.remove(&self.epoch);
+            }
+        }
+        self.fence.idle.notify_all();
+    }
 }
 
 /// A device with an address translation cache (PCIe ATS) and page
@@ -127,6 +189,11 @@ pub trait Translate: Send + Sync {
     /// Registers the device that answers page responses and device-TLB
     /// invalidations for `requester_id`.
     fn register_endpoint(&self, _requester_id: u16, _endpoint: std::sync::Weak<dyn AtsEndpoint>) {}
+
+    /// The fence devices enter for each operation that uses translations.
+    fn fence(&self) -> Option<&Arc<DmaFence>> {
+        None
+    }
 }
 
 /// The DMA address space of one endpoint (and, optionally, one PASID).
@@ -179,6 +246,12 @@ impl DmaSpace {
 
     pub fn pasid(&self) -> Option<u32> {
         self.pasid
+    }
+
+    /// Marks the start of an operation whose translations must stay in use
+    /// until the returned guard drops (None: nothing to wait for).
+    pub fn begin_dma(&self) -> Option<DmaGuard> {
+        self.translator.as_ref()?.fence().map(|f| f.enter())
     }
 
     /// The IOMMU translating this space, if any.
@@ -305,6 +378,25 @@ mod tests {
         mem.write_obj(0x1234u32, GuestAddress(0x2000)).unwrap();
         assert_eq!(ram.read_obj::<u32>(GuestAddress(0x1000)).unwrap(), 0x1234);
         assert!(mem.read_obj::<u32>(GuestAddress(0x10)).is_err());
+    }
+
+    #[test]
+    fn fence_waits_for_operations_started_before_it() {
+        let fence = Arc::new(DmaFence::default());
+        let g = fence.enter();
+        let f2 = fence.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t = std::thread::spawn(move || {
+            f2.drain();
+            tx.send(()).unwrap();
+        });
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(rx.try_recv().is_err(), "drain must wait for the guard");
+        // An operation that starts after the drain began does not hold it up.
+        let _late = fence.enter();
+        drop(g);
+        rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap();
+        t.join().unwrap();
     }
 
     #[test]

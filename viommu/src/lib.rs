@@ -9,6 +9,6 @@ pub mod dma;
 pub mod intel;
 
 pub use dma::{
-    Access, AtsEndpoint, DmaFault, DmaMemory, DmaSpace, GuestMemoryMmap, PageRequest, Translate,
-    Translation,
+    Access, AtsEndpoint, DmaFault, DmaFence, DmaGuard, DmaMemory, DmaSpace, GuestMemoryMmap,
+    PageRequest, Translate, Translation,
 };

@@ -16,7 +16,9 @@ use super::invalidation_queue::{self as iq, Descriptor};
 use super::iotlb::Caches;
 use super::regs::*;
 use super::translation::{self, Request, Resolved, WalkConfig};
-use crate::{Access, AtsEndpoint, DmaFault, GuestMemoryMmap, PageRequest, Translate, Translation};
+use crate::{
+    Access, AtsEndpoint, DmaFault, DmaFence, GuestMemoryMmap, PageRequest, Translate, Translation,
+};
 
 /// Delivers the unit's own interrupts (fault events, invalidation
 /// completion, page requests). These are never remapped (§5.1.6).
@@ -118,12 +120,20 @@ struct State {
 }
 
 enum EndpointMsg {
-    Response { pasid: Option<u32>, index: u16, code: u8 },
-    InvalidateAtc { pasid: Option<u32> },
+    Response {
+        pasid: Option<u32>,
+        index: u16,
+        code: u8,
+    },
+    InvalidateAtc {
+        pasid: Option<u32>,
+    },
 }
 
 pub struct IntelIommu {
     state: Mutex<State>,
+    /// Device operations in flight, drained by invalidation waits.
+    fence: Arc<DmaFence>,
     mem: GuestMemoryMmap,
     sink: Arc<dyn InterruptSink>,
     pub counters: Counters,
@@ -150,6 +160,7 @@ impl IntelIommu {
                 endpoints: HashMap::new(),
                 to_endpoints: Vec::new(),
             }),
+            fence: Arc::new(DmaFence::default()),
             mem,
             sink,
             counters: Counters::default(),
@@ -171,7 +182,9 @@ impl IntelIommu {
         }
         for (ep, msg) in messages {
             match msg {
-                EndpointMsg::Response { pasid, index, code } => ep.page_response(pasid, index, code),
+                EndpointMsg::Response { pasid, index, code } => {
+                    ep.page_response(pasid, index, code)
+                }
                 EndpointMsg::InvalidateAtc { pasid } => ep.invalidate_atc(pasid),
             }
         }
@@ -213,12 +226,11 @@ impl IntelIommu {
         if touches(offset, len, IOTLB + 7, 1) && st.regs.get64(IOTLB) & IOTLB_IVT != 0 {
             self.iotlb_command(&mut st);
         }
+        let mut run_queue = false;
         if touches(offset, len, FSTS, 4) {
             let now = st.regs.get32(FSTS);
             // Clearing IQE resumes the queue from IQH.
-            if fsts_before & FSTS_IQE != 0 && now & FSTS_IQE == 0 {
-                self.process_queue(&mut st);
-            }
+            run_queue |= fsts_before & FSTS_IQE != 0 && now & FSTS_IQE == 0;
         }
         if touches(offset, len, FRCD, NUM_FAULT_RECORDS * 16) {
             self.sync_fault_records_from_regs(&mut st);
@@ -232,10 +244,34 @@ impl IntelIommu {
         if touches(offset, len, PECTL, 4) {
             Self::unmask(&mut st, PECTL, PEDATA, PEADDR, PEUADDR, pectl_before);
         }
-        if touches(offset, len, IQT, 8) {
-            self.process_queue(&mut st);
+        run_queue |= touches(offset, len, IQT, 8);
+        if run_queue {
+            self.drive_queue(st);
+        } else {
+            self.finish(st);
+        }
+    }
+
+    /// Processes the queue; at each invalidation wait, drops the lock and
+    /// waits for device operations that started earlier, so no device can
+    /// still be using a translation the guest invalidated (§6.5.2.8).
+    fn drive_queue<'a>(&'a self, mut st: MutexGuard<'a, State>) {
+        while let Some(wait) = self.process_queue(&mut st) {
+            self.finish(st);
+            self.fence.drain();
+            st = self.lock();
+            self.execute(&mut st, wait);
+            let (size, desc) = Self::queue_geometry(&st);
+            let head = st.regs.get64(IQH) & 0x7fff0;
+            st.regs.set64(IQH, (head + desc) % size);
         }
         self.finish(st);
+    }
+
+    fn queue_geometry(st: &State) -> (u64, u64) {
+        let iqa = st.regs.get64(IQA);
+        let desc = if iqa & (1 << 11) != 0 { 32 } else { 16 };
+        (4096u64 << (iqa & 7), desc)
     }
 
     // --- interrupts of the unit (§7.3, §6.5.2.9) ---
@@ -369,9 +405,11 @@ impl IntelIommu {
         }
     }
 
-    fn process_queue(&self, st: &mut State) {
+    /// Runs descriptors from IQH to IQT; stops before an invalidation wait
+    /// (leaving IQH on it) and returns it for the caller to complete.
+    fn process_queue(&self, st: &mut State) -> Option<Descriptor> {
         if st.regs.get32(GSTS) & GSTS_QIES == 0 || st.regs.get32(FSTS) & FSTS_IQE != 0 {
-            return;
+            return None;
         }
         let iqa = st.regs.get64(IQA);
         let wide = iqa & (1 << 11) != 0;
@@ -381,7 +419,7 @@ impl IntelIommu {
         let tail = st.regs.get64(IQT) & 0x7fff0;
         if tail >= size || !tail.is_multiple_of(desc) {
             self.queue_error(st, iq::iqei::BAD_TAIL);
-            return;
+            return None;
         }
         let mut head = st.regs.get64(IQH) & 0x7fff0;
         let scalable = st.features.scalable;
@@ -391,16 +429,21 @@ impl IntelIommu {
             let d =
                 iq::fetch(&self.mem, base, head, wide).and_then(|q| iq::decode(q, scalable, pasid));
             match d {
+                Ok(w @ Descriptor::Wait { .. }) => {
+                    st.regs.set64(IQH, head);
+                    return Some(w);
+                }
                 Ok(d) => self.execute(st, d),
                 Err(code) => {
                     st.regs.set64(IQH, head);
                     self.queue_error(st, code);
-                    return;
+                    return None;
                 }
             }
             head = (head + desc) % size;
         }
         st.regs.set64(IQH, head);
+        None
     }
 
     fn execute(&self, st: &mut State, d: Descriptor) {
@@ -496,7 +539,13 @@ impl IntelIommu {
                 Self::to_endpoint(st, sid, EndpointMsg::InvalidateAtc { pasid: Some(pasid) });
                 8
             }
-            Descriptor::PageGroupResponse { rid, pasid, code, index, .. } => {
+            Descriptor::PageGroupResponse {
+                rid,
+                pasid,
+                code,
+                index,
+                ..
+            } => {
                 self.counters.page_responses.fetch_add(1, Relaxed);
                 Self::to_endpoint(st, rid, EndpointMsg::Response { pasid, index, code });
                 9
@@ -549,10 +598,11 @@ impl IntelIommu {
         qw1 |= r.read as u64 | (r.write as u64) << 1 | (r.last as u64) << 2;
         qw1 |= ((r.prg_index as u64) & 0x1ff) << 3;
         let at = base + tail;
-        let written = [qw0, qw1, 0, 0]
-            .iter()
-            .enumerate()
-            .all(|(i, w)| self.mem.write_obj(*w, GuestAddress(at + i as u64 * 8)).is_ok());
+        let written = [qw0, qw1, 0, 0].iter().enumerate().all(|(i, w)| {
+            self.mem
+                .write_obj(*w, GuestAddress(at + i as u64 * 8))
+                .is_ok()
+        });
         if !written {
             return Err(refuse("page request queue outside guest memory"));
         }
@@ -802,6 +852,10 @@ impl Translate for IntelIommu {
 
     fn register_endpoint(&self, requester_id: u16, endpoint: Weak<dyn AtsEndpoint>) {
         self.lock().endpoints.insert(requester_id, endpoint);
+    }
+
+    fn fence(&self) -> Option<&Arc<DmaFence>> {
+        Some(&self.fence)
     }
 }
 

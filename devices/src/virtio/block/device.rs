@@ -66,7 +66,13 @@ impl Block {
                 self.broken = true;
                 break;
             }
-            while let Some(mut chain) = active.queue.pop_descriptor_chain(mem) {
+            loop {
+                // Everything this request translates stays in use until the
+                // guard drops: an IOMMU invalidation wait waits for it.
+                let _in_flight = mem.iommu().begin_dma();
+                let Some(mut chain) = active.queue.pop_descriptor_chain(mem) else {
+                    break;
+                };
                 let head = chain.head_index();
                 self.counters.requests.fetch_add(1, Ordering::Relaxed);
                 let len = match self.disk.process(&mut chain) {
