@@ -14,5 +14,10 @@ else
     echo "SVA-DEVICE-NODE-MISSING"
 fi
 grep -E "dmar|prq" /proc/interrupts | sed 's/^/IRQ: /'
-dmesg | grep -E "dmatest_sva|DMAR|iommu" | sed 's/^/DMESG: /'
+# Case-insensitive: the SVA capability check prints "dmar0 SVM disabled, ...".
+dmesg | grep -iE "dmatest_sva|dmar|iommu|svm" | sed 's/^/DMESG: /'
+# SVA needs the IOMMU's first stage to walk the CPU's page tables: with
+# 5-level paging (la57) the unit must offer FL5LP, with 1 GiB pages FL1GP.
+echo "CPU-LA57=$(grep -qw la57 /proc/cpuinfo && echo 1 || echo 0)"
+echo "CPU-PDPE1GB=$(grep -qw pdpe1gb /proc/cpuinfo && echo 1 || echo 0)"
 echo "GUEST-CHECKS-DONE"

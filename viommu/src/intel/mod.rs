@@ -23,3 +23,4 @@ mod unit;
 pub use counters::Counters;
 pub use regs::Features;
 pub use unit::{IntelIommu, InterruptSink, VtdConfig, VtdConfigError, HOST_ADDRESS_WIDTH};
+#[cfg(test)] mod tests;

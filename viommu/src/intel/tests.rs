@@ -473,3 +473,250 @@ macro_rules! fault_cases {
     };
 }
 
+
+fault_cases! {
+    // Legacy mode (RTADDR.TTM = 00b).
+    legacy_01_root_not_present: 0x01, legacy_rig(), |r, t| { rq(0x0108, None, 0x5000, false) }
+    legacy_02_context_not_present: 0x02, legacy_rig(), |r, t| { rq(0x0010, None, 0x5000, true) }
+    legacy_03_context_invalid_aw: 0x03, legacy_rig(), |r, t| {
+        // AW = 5-level, not in SAGAW with aw-bits 48.
+        r.put(CTX + DEVFN * 16 + 8, 3 | DID << 8);
+        rd(0x5000)
+    }
+    legacy_03_context_invalid_tt: 0x03, legacy_rig(), |r, t| {
+        r.put(CTX + DEVFN * 16, t | 1 | 3 << 2); // TT = 11b reserved
+        rd(0x5000)
+    }
+    legacy_04_beyond_agaw: 0x04, legacy_rig_with(48, 3), |r, t| { rd(1 << 39) }
+    legacy_05_write_to_read_only: 0x05, legacy_rig(), |r, t| { wr(0x6000) }
+    legacy_05_write_not_present: 0x05, legacy_rig(), |r, t| { wr(0x9000) }
+    legacy_06_read_of_write_only: 0x06, legacy_rig(), |r, t| { rd(0x7abc) }
+    legacy_06_read_not_present: 0x06, legacy_rig(), |r, t| { rd(0x9000) }
+    legacy_07_table_access: 0x07, legacy_rig(), |r, t| {
+        r.put(CTX + DEVFN * 16, OUTSIDE | 1);
+        rd(0x5000)
+    }
+    legacy_08_root_table_access: 0x08, legacy_rig(), |r, t| {
+        r.set_root(OUTSIDE);
+        rd(0x5000)
+    }
+    legacy_09_context_table_access: 0x09, legacy_rig(), |r, t| {
+        r.put(ROOT, OUTSIDE | 1);
+        rd(0x5000)
+    }
+    legacy_0a_root_reserved: 0x0a, legacy_rig(), |r, t| {
+        r.put(ROOT, CTX | 1 | 2);
+        rd(0x5000)
+    }
+    legacy_0b_context_reserved: 0x0b, legacy_rig(), |r, t| {
+        r.put(CTX + DEVFN * 16, t | 1 | 1 << 4);
+        rd(0x5000)
+    }
+    legacy_0c_pte_reserved: 0x0c, legacy_rig(), |r, t| {
+        // Output address bits above the host address width.
+        r.map_sl(t, 4, 0x8000, 1 << 50, R | W);
+        rd(0x8000)
+    }
+    legacy_0c_misaligned_large_page: 0x0c, legacy_rig(), |r, t| {
+        r.map(t, 4, 0x20_0000, 2, DATA + 0x1000 | R | PS, R | W);
+        wr(0x20_0000)
+    }
+
+    // Scalable mode.
+    sm_30_ttm_reserved: 0x30, fs_rig(), |r, t| {
+        r.set_root(ROOT | 3 << 10);
+        rd(0x5000)
+    }
+    sm_31_ttm_legacy_with_pasid: 0x31, fs_rig(), |r, t| {
+        r.set_root(ROOT);
+        rq(SID, Some(1), 0x5000, false)
+    }
+    sm_38_root_access: 0x38, fs_rig(), |r, t| {
+        r.set_root(OUTSIDE | 1 << 10);
+        rd(0x5000)
+    }
+    sm_39_root_not_present: 0x39, fs_rig(), |r, t| { rq(0x0108, None, 0x5000, false) }
+    sm_39_upper_root_not_present: 0x39, fs_rig(), |r, t| {
+        r.put(ROOT + 8, 0);
+        rq(0x0088, None, 0x5000, true)
+    }
+    sm_3a_root_reserved: 0x3a, fs_rig(), |r, t| {
+        r.put(ROOT, CTX | 1 | 1 << 4);
+        rd(0x5000)
+    }
+    sm_40_context_access: 0x40, fs_rig(), |r, t| {
+        r.put(ROOT, OUTSIDE | 1);
+        rd(0x5000)
+    }
+    sm_41_context_not_present: 0x41, fs_rig(), |r, t| { rq(0x0010, None, 0x5000, false) }
+    sm_42_context_reserved: 0x42, fs_rig(), |r, t| {
+        r.put(CTX + DEVFN * 32 + 16, 1);
+        rd(0x5000)
+    }
+    sm_45_pasid_enable_clear: 0x45, fs_rig(), |r, t| {
+        r.sm_context(DEVFN, PASID_DIR | 1, 0);
+        rq(SID, Some(1), 0x5000, false)
+    }
+    sm_46_pasid_too_large: 0x46, fs_rig(), |r, t| {
+        // PDTS 0: 128 directory entries, PASIDs 0..8191.
+        rq(SID, Some(8192), 0x5000, true)
+    }
+    sm_48_rid_pasid_without_rps: 0x48, fs_rig(), |r, t| {
+        r.sm_context(DEVFN, PASID_DIR | 1 | 8, 5);
+        rd(0x5000)
+    }
+    sm_50_pasid_dir_access: 0x50, fs_rig(), |r, t| {
+        r.sm_context(DEVFN, OUTSIDE | 1 | 8, 0);
+        rd(0x5000)
+    }
+    sm_51_pasid_dir_not_present: 0x51, fs_rig(), |r, t| { rq(SID, Some(64), 0x5000, false) }
+    sm_52_pasid_dir_reserved: 0x52, fs_rig(), |r, t| {
+        r.put(PASID_DIR, PASID_TABLE | 1 | 1 << 2);
+        rd(0x5000)
+    }
+    sm_58_pasid_table_access: 0x58, fs_rig(), |r, t| {
+        r.put(PASID_DIR, OUTSIDE | 1);
+        rd(0x5000)
+    }
+    sm_59_pasid_entry_not_present: 0x59, fs_rig(), |r, t| { rq(SID, Some(1), 0x5000, true) }
+    sm_5a_pasid_entry_reserved: 0x5a, fs_rig(), |r, t| {
+        r.put(PASID_TABLE + 32, 1); // qword 4
+        rd(0x5000)
+    }
+    sm_5b_pasid_entry_invalid_pgtt: 0x5b, fs_rig(), |r, t| {
+        r.put(PASID_TABLE, 1 | 5 << 6);
+        rd(0x5000)
+    }
+    sm_5b_pasid_entry_invalid_flpm: 0x5b, fs_rig(), |r, t| {
+        // 5-level first stage without aw-bits 57.
+        r.pasid_entry(0, pe_first(t, 5, true, false));
+        rd(0x5000)
+    }
+    sm_5d_supervisor_without_sre: 0x5d, fs_rig(), |r, t| {
+        r.pasid_entry(0, pe_first(t, 4, false, false));
+        supervisor(rd(0x5000))
+    }
+    sm_70_first_stage_access: 0x70, fs_rig(), |r, t| {
+        r.pasid_entry(0, pe_first(OUTSIDE, 4, true, false));
+        rd(0x5000)
+    }
+    sm_71_first_stage_not_present: 0x71, fs_rig(), |r, t| { wr(0x9000) }
+    sm_72_first_stage_reserved: 0x72, fs_rig(), |r, t| {
+        // A 2 MiB leaf with reserved bit 13 set.
+        r.map(t, 4, 0x20_0000, 2, DATA + 0x2000 | P | RW | US | PS, P | RW | US);
+        rd(0x20_0000)
+    }
+    sm_78_second_stage_access: 0x78, ss_rig(), |r, t| {
+        r.pasid_entry(0, pe_second(OUTSIDE, 4));
+        rd(0x5000)
+    }
+    sm_79_second_stage_not_present: 0x79, ss_rig(), |r, t| { rd(0x9000) }
+    sm_7a_second_stage_reserved: 0x7a, ss_rig(), |r, t| {
+        r.map_sl(t, 4, 0x8000, 1 << 50, R | W);
+        wr(0x8000)
+    }
+    sm_80_non_canonical: 0x80, fs_rig(), |r, t| { rd(1 << 47) }
+    sm_81_user_to_supervisor_page: 0x81, fs_rig(), |r, t| { rd(0x7000) }
+    sm_83_beyond_second_stage_width: 0x83, ss_rig_with(3), |r, t| { rd(1 << 39) }
+    sm_85_write_to_read_only_first_stage: 0x85, fs_rig(), |r, t| { wr(0x6000) }
+    sm_85_write_to_read_only_second_stage: 0x85, ss_rig(), |r, t| { wr(0x6000) }
+    sm_86_read_of_write_only_second_stage: 0x86, ss_rig(), |r, t| { rd(0x7000) }
+}
+
+// --- interrupt remapping faults ------------------------------------------
+
+/// Interrupt remapping on, 256-entry xAPIC table at IRT; entry 0 present
+/// (vector 0x31, destination 5) with exact source-ID check for SID.
+fn ir_rig() -> Rig {
+    let r = Rig::new(VtdConfig::default());
+    r.put(IRT, 1 | 0x31 << 16 | 5 << 40);
+    r.put(IRT + 8, 1 << 18 | SID as u64);
+    r.w64(IRTA, IRT | 7);
+    r.cmd(GCMD_SIRTP);
+    r.cmd(GCMD_IRE);
+    r
+}
+
+/// Remappable-format MSI address for `handle`.
+fn msi_handle(handle: u64) -> u64 {
+    0xfee0_0010 | (handle & 0x7fff) << 5 | (handle >> 15 & 1) << 2
+}
+
+fn assert_ir_fault(r: &Rig, sid: u16, address: u64, data: u32, reason: u8, index: u64) {
+    assert_eq!(r.u.remap_interrupt(sid, address, data), None, "blocked");
+    let (lo, hi) = r.frcd(0);
+    assert_eq!(lo, index << 48, "FI: interrupt index in 63:48");
+    assert_eq!(hi & 0xffff, sid as u64, "SID");
+    assert_eq!((hi >> 32) & 0xff, reason as u64, "FR");
+    assert_eq!(hi >> 63, 1, "F");
+    assert_ne!(r.r32(FSTS) & FSTS_PPF, 0);
+    assert_eq!(r.msis(), vec![(FE_ADDR as u64, FE_DATA)]);
+    assert_eq!(r.fault_count(reason), 1);
+}
+
+#[test]
+fn interrupt_remapping_delivers() {
+    let r = ir_rig();
+    assert_eq!(
+        r.u.remap_interrupt(SID, msi_handle(0), 0),
+        Some((0xfee0_5000, 0x31))
+    );
+    assert_eq!(r.u.counters.interrupts_remapped.load(Relaxed), 1);
+    assert!(r.u.remapping_enabled());
+    // Compatibility format passes once CFI is set.
+    r.cmd(GCMD_CFI);
+    assert_ne!(r.r32(GSTS) & GSTS_CFIS, 0);
+    assert_eq!(
+        r.u.remap_interrupt(SID, 0xfee0_1000, 0x30),
+        Some((0xfee0_1000, 0x30))
+    );
+    // IRE off: untouched.
+    r.cmd_off(GCMD_IRE);
+    assert!(!r.u.remapping_enabled());
+    assert_eq!(r.u.remap_interrupt(SID, 0x1234, 5), Some((0x1234, 5)));
+    assert_eq!(r.r32(FSTS), 0);
+}
+
+#[test]
+fn ir_20_request_reserved() {
+    let r = ir_rig();
+    assert_ir_fault(&r, SID, 0xfed0_0010, 0, 0x20, 0);
+}
+#[test]
+fn ir_20_subhandle_data_reserved() {
+    let r = ir_rig();
+    assert_ir_fault(&r, SID, msi_handle(0) | 1 << 3, 1 << 16, 0x20, 0);
+}
+#[test]
+fn ir_21_index_beyond_table() {
+    let r = ir_rig();
+    assert_ir_fault(&r, SID, msi_handle(256), 0, 0x21, 256);
+}
+#[test]
+fn ir_22_entry_not_present() {
+    let r = ir_rig();
+    assert_ir_fault(&r, SID, msi_handle(1), 0, 0x22, 1);
+}
+#[test]
+fn ir_23_table_access() {
+    let r = ir_rig();
+    r.w64(IRTA, OUTSIDE | 7);
+    r.cmd(GCMD_SIRTP);
+    assert_ir_fault(&r, SID, msi_handle(3), 0, 0x23, 3);
+}
+#[test]
+fn ir_24_entry_reserved() {
+    let r = ir_rig();
+    r.put(IRT + 2 * 16, 1 | 1 << 12);
+    assert_ir_fault(&r, SID, msi_handle(2), 0, 0x24, 2);
+}
+#[test]
+fn ir_25_compatibility_blocked() {
+    let r = ir_rig();
+    assert_ir_fault(&r, SID, 0xfee0_1000, 0x30, 0x25, 0);
+}
+#[test]
+fn ir_26_source_id_mismatch() {
+    let r = ir_rig();
+    assert_ir_fault(&r, 0x0010, msi_handle(0), 0, 0x26, 0);
+}
