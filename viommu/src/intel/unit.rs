@@ -691,7 +691,13 @@ impl IntelIommu {
     /// Translates one request; a fault is recorded as the spec says.
     pub fn translate_request(&self, req: &Request) -> Result<Resolved, Fault> {
         let mut st = self.lock();
-        let cfg = Self::walk_config(&st);
+        let r = self.resolve_locked(&mut st, req);
+        self.finish(st);
+        r
+    }
+
+    fn resolve_locked(&self, st: &mut State, req: &Request) -> Result<Resolved, Fault> {
+        let cfg = Self::walk_config(st);
         let r = translation::resolve(&self.mem, &cfg, &mut st.caches, req);
         match &r {
             Ok(Resolved::Identity) => {
@@ -710,9 +716,8 @@ impl IntelIommu {
                 // Returned to the device (it may use PRI); not a fault record.
                 self.counters.bump_fault(f.reason.0);
             }
-            Err(f) => self.report(&mut st, f),
+            Err(f) => self.report(st, f),
         }
-        self.finish(st);
         r
     }
 
@@ -761,6 +766,9 @@ impl IntelIommu {
 }
 
 impl IntelIommu {
+    /// Translates `[iova, iova + len)` under one hold of the lock, one
+    /// resolution per page (a large page or a pass-through context covers
+    /// more than 4 KiB at once).
     fn translate_range(
         &self,
         requester_id: u16,
@@ -773,10 +781,10 @@ impl IntelIommu {
         let end = iova
             .checked_add(len)
             .ok_or(DmaFault::Overflow { iova, len })?;
-        let mut out: Vec<Translation> = Vec::new();
+        let mut out: Vec<Translation> = Vec::with_capacity(1);
+        let mut st = self.lock();
         let mut cur = iova;
         while cur < end {
-            let page_end = (cur | 0xfff).saturating_add(1).min(end);
             let mut req = Request {
                 sid: requester_id,
                 pasid,
@@ -785,25 +793,30 @@ impl IntelIommu {
                 privileged: false,
                 translation_request,
             };
-            let blocked = |f: Fault| DmaFault::Blocked {
-                iova: cur,
-                len,
-                reason: format!("fault reason {:#04x}", f.reason.0),
-            };
-            let gpa = match self.translate_request(&req).map_err(blocked)? {
-                Resolved::Identity => cur,
-                Resolved::Page { leaf, .. } => {
-                    if access == Access::ReadWrite {
-                        // A read-write access also needs read permission.
-                        req.write = false;
-                        if let Err(f) = self.translate_request(&req) {
-                            return Err(blocked(f));
-                        }
-                    }
-                    leaf.translate(cur)
+            let resolved = self.resolve_locked(&mut st, &req).and_then(|r| {
+                if access == Access::ReadWrite && matches!(r, Resolved::Page { .. }) {
+                    // A read-write access also needs read permission.
+                    req.write = false;
+                    self.resolve_locked(&mut st, &req)?;
+                }
+                Ok(r)
+            });
+            let (gpa, chunk_end) = match resolved {
+                Ok(Resolved::Identity) => (cur, end),
+                Ok(Resolved::Page { leaf, .. }) => {
+                    let page_end = (cur | ((1u64 << leaf.size_shift) - 1)).saturating_add(1);
+                    (leaf.translate(cur), page_end.min(end))
+                }
+                Err(f) => {
+                    self.finish(st);
+                    return Err(DmaFault::Blocked {
+                        iova: cur,
+                        len,
+                        reason: format!("fault reason {:#04x}", f.reason.0),
+                    });
                 }
             };
-            let n = page_end - cur;
+            let n = chunk_end - cur;
             match out.last_mut() {
                 Some(last) if last.iova + last.len == cur && last.gpa + last.len == gpa => {
                     last.len += n;
@@ -814,8 +827,9 @@ impl IntelIommu {
                     len: n,
                 }),
             }
-            cur = page_end;
+            cur = chunk_end;
         }
+        self.finish(st);
         Ok(out)
     }
 }
