@@ -28,8 +28,9 @@ kdir=${GUEST_KERNEL_DIR:-$("$here/guest-kernel.sh" | tail -n1)}
 rel=$(cat "$kdir/release")
 pkgver=$(cat "$kdir/package")     # linux-image-<rel>=<version>
 ver=${pkgver#*=}
-[ -n "$rel" ] && [ -n "$ver" ] && [ "$ver" != "$pkgver" ] ||
-    { log "cannot read release/package from $kdir"; exit 1; }
+if [ -z "$rel" ] || [ -z "$ver" ] || [ "$ver" = "$pkgver" ]; then
+    log "cannot read release/package from $kdir"; exit 1
+fi
 
 mkdir -p "$CACHE"
 exec 9>"$CACHE/.headers.lock"
@@ -78,6 +79,7 @@ fetch() {
         ln -sfn "$(realpath -m --relative-to="$(dirname "$l")" "$tmp/x$t")" "$l"
     done < <(find "$tmp/x" -type l -lname '/*')
     # The flavour's Makefile includes the common Makefile by absolute path.
+    # shellcheck disable=SC2016  # a make expression, not a shell one
     sed -i 's|^include /usr/src/\(.*\)$|include $(dir $(lastword $(MAKEFILE_LIST)))../\1|' \
         "$tmp/x/usr/src/linux-headers-$rel/Makefile"
     grep -q '^include /' "$tmp/x/usr/src/linux-headers-$rel/Makefile" &&

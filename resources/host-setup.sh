@@ -16,6 +16,10 @@ command -v zstd >/dev/null || need+=(zstd)
 command -v gcc >/dev/null || need+=(gcc)
 # Static guest test programs link against glibc's static archive.
 [ -f /usr/lib/x86_64-linux-gnu/libc.a ] || need+=(libc6-dev)
+# Guest kernel modules (resources/guest-headers.sh): kbuild runs make, and
+# its prebuilt objtool links libelf.
+command -v make >/dev/null || need+=(make)
+[ -e /usr/lib/x86_64-linux-gnu/libelf.so.1 ] || need+=(libelf1)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 list=/etc/apt/sources.list.d/vmm-backports.sources

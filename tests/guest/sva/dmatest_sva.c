@@ -4,11 +4,22 @@
  * (1234:5a5a). It enables IOPF and SVA on the device and gives user space
  * /dev/dmatest_sva to bind its address space (a PASID) and make the device
  * DMA to process virtual addresses. Pages the process never touched fault
- * on the device side; the IOMMU's page request handling resolves them.
+ * on the device side; PRI page requests are resolved by an IOPF handler
+ * that faults the pages in with handle_mm_fault().
  *
  * ioctls (one bond per open file, unbound on close):
- *   DMATEST_SVA_BIND  -> __u32 pasid
+ *   DMATEST_SVA_BIND  -> struct dmatest_sva_bind
  *   DMATEST_SVA_DMA   <-> struct dmatest_sva_dma
+ *
+ * Binding uses iommu_sva_bind_device(). Stable kernels that carry the
+ * backport of upstream 72f98ef9a4be ("iommu: disable SVA when CONFIG_X86
+ * is set"; Debian's 6.12.95 does) make it fail with -EOPNOTSUPP on x86.
+ * This test-only driver then does what the core would have done itself:
+ * a global PASID, the IOMMU driver's SVA domain for current->mm, attached
+ * to the device PASID, with an IOPF handler equivalent to the core's
+ * (it runs on the IOMMU's IOPF workqueue). The reason for the upstream
+ * disable (kernel page-table frees not flushing the IOTLB) is irrelevant
+ * to a throwaway test guest.
  */
 #include <linux/delay.h>
 #include <linux/fs.h>
@@ -16,13 +27,16 @@
 #include <linux/ioctl.h>
 #include <linux/jiffies.h>
 #include <linux/miscdevice.h>
+#include <linux/mm.h>
 #include <linux/module.h>
 #include <linux/mutex.h>
 #include <linux/pci.h>
 #include <linux/pci-ats.h>
 #include <linux/sched.h>
+#include <linux/sched/mm.h>
 #include <linux/slab.h>
 #include <linux/uaccess.h>
+#include <linux/workqueue.h>
 
 #define DRV "dmatest_sva"
 
@@ -44,6 +58,12 @@
 #define PASID_VALID	BIT(31)
 #define MAX_LEN		(1u << 20)
 
+struct dmatest_sva_bind {
+	__u32 pasid;		/* out */
+	__u32 flags;		/* out: DMATEST_SVA_BIND_DRIVER */
+};
+#define DMATEST_SVA_BIND_DRIVER	1	/* bound by this driver, not the core */
+
 struct dmatest_sva_dma {
 	__u64 addr;
 	__u32 len;
@@ -58,7 +78,7 @@ struct dmatest_sva_dma {
 	__u32 wait_ms;		/* out: time spent polling */
 };
 
-#define DMATEST_SVA_BIND	_IOR('D', 1, __u32)
+#define DMATEST_SVA_BIND	_IOR('D', 1, struct dmatest_sva_bind)
 #define DMATEST_SVA_DMA		_IOWR('D', 2, struct dmatest_sva_dma)
 
 struct dmatest {
@@ -71,14 +91,145 @@ struct dmatest {
 
 struct dmatest_file {
 	struct dmatest *dt;
-	struct mutex lock;	/* protects handle */
-	struct iommu_sva *handle;
+	struct mutex lock;		/* protects the bond */
+	bool bound;
 	u32 pasid;
+	struct iommu_sva *handle;	/* core bond */
+	struct iommu_domain *domain;	/* driver bond */
+	struct iommu_attach_handle attach;
 };
 
 /* The single device (the misc node is fixed-name). */
 static struct dmatest *the_dev;
 static DEFINE_MUTEX(the_dev_lock);
+
+/* --- driver-side SVA bond (when iommu_sva_bind_device() is disabled) --- */
+
+/* Resolves one page request against @mm, as the core's SVA handler does. */
+static enum iommu_page_response_code dt_fault_one(struct iommu_fault *fault,
+						  struct mm_struct *mm)
+{
+	struct iommu_fault_page_request *prm = &fault->prm;
+	enum iommu_page_response_code status = IOMMU_PAGE_RESP_INVALID;
+	unsigned int access = 0, flags = FAULT_FLAG_REMOTE;
+	struct vm_area_struct *vma;
+	vm_fault_t ret;
+
+	if (!(prm->flags & IOMMU_FAULT_PAGE_REQUEST_PASID_VALID) ||
+	    !mmget_not_zero(mm))
+		goto out;
+	mmap_read_lock(mm);
+	vma = vma_lookup(mm, prm->addr);
+	if (!vma)
+		goto unlock;
+	if (prm->perm & IOMMU_FAULT_PERM_READ)
+		access |= VM_READ;
+	if (prm->perm & IOMMU_FAULT_PERM_WRITE) {
+		access |= VM_WRITE;
+		flags |= FAULT_FLAG_WRITE;
+	}
+	if (prm->perm & IOMMU_FAULT_PERM_EXEC) {
+		access |= VM_EXEC;
+		flags |= FAULT_FLAG_INSTRUCTION;
+	}
+	if (!(prm->perm & IOMMU_FAULT_PERM_PRIV))
+		flags |= FAULT_FLAG_USER;
+	if (access & ~vma->vm_flags)
+		goto unlock;
+	ret = handle_mm_fault(vma, prm->addr, flags, NULL);
+	status = ret & VM_FAULT_ERROR ? IOMMU_PAGE_RESP_INVALID :
+					IOMMU_PAGE_RESP_SUCCESS;
+unlock:
+	mmap_read_unlock(mm);
+	mmput(mm);
+out:
+	pr_info(DRV ": iopf pasid %u addr %#llx perm %#x grp %u -> %s\n",
+		prm->pasid, prm->addr, prm->perm, prm->grpid,
+		status == IOMMU_PAGE_RESP_SUCCESS ? "success" : "invalid");
+	return status;
+}
+
+static void dt_iopf_work(struct work_struct *work)
+{
+	struct iopf_group *group = container_of(work, struct iopf_group, work);
+	struct mm_struct *mm = group->attach_handle->domain->mm;
+	enum iommu_page_response_code status = IOMMU_PAGE_RESP_SUCCESS;
+	struct iopf_fault *iopf;
+
+	list_for_each_entry(iopf, &group->faults, list) {
+		if (status != IOMMU_PAGE_RESP_SUCCESS)
+			break;
+		status = dt_fault_one(&iopf->fault, mm);
+	}
+	iopf_group_response(group, status);
+	iopf_free_group(group);
+}
+
+/* Runs the group on the IOMMU's IOPF workqueue, which PASID teardown drains. */
+static int dt_iopf_handler(struct iopf_group *group)
+{
+	INIT_WORK(&group->work, dt_iopf_work);
+	if (!queue_work(group->fault_param->queue->wq, &group->work))
+		return -EBUSY;
+	return 0;
+}
+
+static int dt_driver_bind(struct dmatest_file *f, struct device *dev,
+			  struct mm_struct *mm)
+{
+	const struct iommu_ops *ops;
+	struct iommu_domain *domain;
+	ioasid_t pasid;
+	int ret;
+
+	if (!dev->iommu || !dev->iommu->iommu_dev)
+		return -ENODEV;
+	ops = dev->iommu->iommu_dev->ops;
+	if (!ops->domain_alloc_sva)
+		return -EOPNOTSUPP;
+	pasid = iommu_alloc_global_pasid(dev);
+	if (pasid == IOMMU_PASID_INVALID)
+		return -ENOSPC;
+	domain = ops->domain_alloc_sva(dev, mm);
+	if (IS_ERR_OR_NULL(domain)) {
+		ret = domain ? PTR_ERR(domain) : -ENOMEM;
+		pr_info(DRV ": domain_alloc_sva failed: %d\n", ret);
+		goto err_pasid;
+	}
+	/* As iommu_sva_domain_alloc() does; iommu_domain_free() drops mm. */
+	domain->type = IOMMU_DOMAIN_SVA;
+	mmgrab(mm);
+	domain->mm = mm;
+	domain->owner = ops;
+	domain->iopf_handler = dt_iopf_handler;
+	ret = iommu_attach_device_pasid(domain, dev, pasid, &f->attach);
+	if (ret) {
+		pr_info(DRV ": iommu_attach_device_pasid(%u) failed: %d\n",
+			pasid, ret);
+		goto err_domain;
+	}
+	f->domain = domain;
+	f->pasid = pasid;
+	return 0;
+
+err_domain:
+	iommu_domain_free(domain);
+err_pasid:
+	iommu_free_global_pasid(pasid);
+	return ret;
+}
+
+static void dt_driver_unbind(struct dmatest_file *f)
+{
+	struct device *dev = &f->dt->pdev->dev;
+
+	iommu_detach_device_pasid(f->domain, dev, f->pasid);
+	iommu_domain_free(f->domain);
+	iommu_free_global_pasid(f->pasid);
+	f->domain = NULL;
+}
+
+/* --- file operations --- */
 
 static int dt_open(struct inode *inode, struct file *file)
 {
@@ -103,17 +254,20 @@ static int dt_release(struct inode *inode, struct file *file)
 {
 	struct dmatest_file *f = file->private_data;
 
-	if (f->handle) {
+	if (f->handle)
 		iommu_sva_unbind_device(f->handle);
+	else if (f->domain)
+		dt_driver_unbind(f);
+	if (f->bound)
 		pr_info(DRV ": unbound pasid %u\n", f->pasid);
-	}
 	kfree(f);
 	return 0;
 }
 
-static long dt_bind(struct dmatest_file *f, u32 __user *out)
+static long dt_bind(struct dmatest_file *f, void __user *uarg)
 {
 	struct device *dev = &f->dt->pdev->dev;
+	struct dmatest_sva_bind b = {};
 	struct iommu_sva *h;
 	long ret = 0;
 
@@ -122,18 +276,28 @@ static long dt_bind(struct dmatest_file *f, u32 __user *out)
 		return f->dt->sva_err;
 	}
 	mutex_lock(&f->lock);
-	if (!f->handle) {
+	if (!f->bound) {
 		h = iommu_sva_bind_device(dev, current->mm);
-		if (IS_ERR(h)) {
+		if (!IS_ERR(h)) {
+			f->handle = h;
+			f->pasid = iommu_sva_get_pasid(h);
+		} else {
 			ret = PTR_ERR(h);
 			pr_info(DRV ": iommu_sva_bind_device failed: %ld\n", ret);
-			goto out;
+			if (ret != -EOPNOTSUPP)
+				goto out;
+			pr_info(DRV ": SVA disabled in the core (x86); binding in the driver\n");
+			ret = dt_driver_bind(f, dev, current->mm);
+			if (ret)
+				goto out;
 		}
-		f->handle = h;
-		f->pasid = iommu_sva_get_pasid(h);
-		pr_info(DRV ": bound pid %d to pasid %u\n", current->pid, f->pasid);
+		f->bound = true;
+		pr_info(DRV ": bound pid %d to pasid %u (%s)\n", current->pid,
+			f->pasid, f->handle ? "iommu_sva_bind_device" : "driver");
 	}
-	if (put_user(f->pasid, out))
+	b.pasid = f->pasid;
+	b.flags = f->domain ? DMATEST_SVA_BIND_DRIVER : 0;
+	if (copy_to_user(uarg, &b, sizeof(b)))
 		ret = -EFAULT;
 out:
 	mutex_unlock(&f->lock);
@@ -154,7 +318,7 @@ static long dt_dma(struct dmatest_file *f, struct dmatest_sva_dma __user *uarg)
 	if ((a.op != 1 && a.op != 2) || !a.len || a.len > MAX_LEN)
 		return -EINVAL;
 	mutex_lock(&f->lock);
-	bound = f->handle != NULL;
+	bound = f->bound;
 	pasid = f->pasid;
 	mutex_unlock(&f->lock);
 	if (!bound)
@@ -197,7 +361,7 @@ static long dt_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 
 	switch (cmd) {
 	case DMATEST_SVA_BIND:
-		return dt_bind(f, (u32 __user *)arg);
+		return dt_bind(f, (void __user *)arg);
 	case DMATEST_SVA_DMA:
 		return dt_dma(f, (struct dmatest_sva_dma __user *)arg);
 	default:
@@ -212,6 +376,8 @@ static const struct file_operations dt_fops = {
 	.unlocked_ioctl = dt_ioctl,
 	.compat_ioctl = compat_ptr_ioctl,
 };
+
+/* --- PCI driver --- */
 
 static int dt_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 {
@@ -283,6 +449,8 @@ err_features:
 	return ret;
 }
 
+/* Open files pin the module, not the device: unbinding the PCI device
+ * while /dev/dmatest_sva is open is not supported (test driver). */
 static void dt_remove(struct pci_dev *pdev)
 {
 	struct dmatest *dt = pci_get_drvdata(pdev);

@@ -9,9 +9,9 @@
  *    the device retries. The CPU then checks the page.
  * 2. READ a page the CPU filled; the device returns the byte sum.
  *
- * Prints KEY=value lines (SVA-PASID, SVA-STATUS, SVA-PAGE-REQUESTS,
- * SVA-PAGE-RESPONSES, SVA-DATA-OK, SVA-READ-OK, ...). Exit status 0 when
- * both checks pass.
+ * Prints KEY=value lines (SVA-PASID, SVA-BIND-BY-DRIVER, SVA-STATUS,
+ * SVA-PAGE-REQUESTS, SVA-PAGE-RESPONSES, SVA-DATA-OK, SVA-READ-OK, ...).
+ * Exit status 0 when both checks pass.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -21,6 +21,11 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <unistd.h>
+
+struct dmatest_sva_bind {
+	uint32_t pasid;
+	uint32_t flags; /* 1: bound by the driver, not iommu_sva_bind_device() */
+};
 
 struct dmatest_sva_dma {
 	uint64_t addr;
@@ -36,7 +41,7 @@ struct dmatest_sva_dma {
 	uint32_t wait_ms;
 };
 
-#define DMATEST_SVA_BIND _IOR('D', 1, uint32_t)
+#define DMATEST_SVA_BIND _IOR('D', 1, struct dmatest_sva_bind)
 #define DMATEST_SVA_DMA _IOWR('D', 2, struct dmatest_sva_dma)
 #define OP_WRITE 1
 #define OP_READ 2
@@ -64,8 +69,9 @@ static int dma(int fd, const char *tag, uint32_t op, void *addr, uint32_t len,
 int main(void)
 {
 	struct dmatest_sva_dma d, r;
+	struct dmatest_sva_bind b = { 0, 0 };
 	unsigned char *buf, *src;
-	uint32_t pasid = 0, sum = 0, i;
+	uint32_t sum = 0, i;
 	int fd, ok = 1, bad = -1;
 
 	setvbuf(stdout, NULL, _IONBF, 0);
@@ -74,11 +80,12 @@ int main(void)
 		printf("SVA-OPEN-FAILED %s\n", strerror(errno));
 		return 1;
 	}
-	if (ioctl(fd, DMATEST_SVA_BIND, &pasid)) {
+	if (ioctl(fd, DMATEST_SVA_BIND, &b)) {
 		printf("SVA-BIND-FAILED %s\n", strerror(errno));
 		return 1;
 	}
-	printf("SVA-PASID=%u\n", pasid);
+	printf("SVA-PASID=%u\n", b.pasid);
+	printf("SVA-BIND-BY-DRIVER=%u\n", b.flags & 1);
 
 	/* Three anonymous pages, never touched by the CPU before the DMA. */
 	buf = mmap(NULL, 3 * PAGE, PROT_READ | PROT_WRITE,

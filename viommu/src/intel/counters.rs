@@ -12,6 +12,8 @@ pub struct Counters {
     pub iotlb_hits: AtomicU64,
     pub iotlb_misses: AtomicU64,
     pub faults: AtomicU64,
+    /// ATS translation requests that failed (answered to the device).
+    pub ats_failures: AtomicU64,
     pub faults_recorded: AtomicU64,
     pub page_requests: AtomicU64,
     pub page_responses: AtomicU64,
@@ -47,6 +49,7 @@ impl Default for Counters {
             iotlb_hits: AtomicU64::new(0),
             iotlb_misses: AtomicU64::new(0),
             faults: AtomicU64::new(0),
+            ats_failures: AtomicU64::new(0),
             faults_recorded: AtomicU64::new(0),
             page_requests: AtomicU64::new(0),
             page_responses: AtomicU64::new(0),
@@ -69,6 +72,7 @@ impl Counters {
     pub fn summary(&self) -> String {
         let mut s = format!(
             "translations={} identity={} iotlb_hits={} iotlb_misses={} faults={} faults_recorded={} \
+             ats_failures={} \
              page_requests={} page_responses={} interrupts_remapped={} waits={} queue_errors={}",
             self.translations.load(Relaxed),
             self.identity.load(Relaxed),
@@ -76,6 +80,7 @@ impl Counters {
             self.iotlb_misses.load(Relaxed),
             self.faults.load(Relaxed),
             self.faults_recorded.load(Relaxed),
+            self.ats_failures.load(Relaxed),
             self.page_requests.load(Relaxed),
             self.page_responses.load(Relaxed),
             self.interrupts_remapped.load(Relaxed),

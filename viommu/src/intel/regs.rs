@@ -120,10 +120,11 @@ impl Features {
         cap |= 18u64 << 48; // MAMV
         cap |= 1 << 54 | 1 << 55; // DWD, DRD
         if self.scalable && self.first_stage {
+            // First-stage 1 GiB pages and 5-level tables: the first stage
+            // uses the CPU's paging formats, and SVA needs them whenever
+            // the guest CPU has them (Linux disables SVM otherwise).
             cap |= 1 << 56; // FL1GP
-            if self.aw_bits == 57 {
-                cap |= 1 << 60; // FL5LP
-            }
+            cap |= 1 << 60; // FL5LP
         }
         cap
     }

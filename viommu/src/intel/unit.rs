@@ -681,7 +681,7 @@ impl IntelIommu {
             pass_through: true,
             device_tlb: f.device_tlb,
             first_stage: f.first_stage,
-            five_level_fs: f.aw_bits == 57,
+            five_level_fs: f.first_stage,
             nested: f.first_stage,
             fl_1g: f.first_stage,
             rid_pasid_supported: false,
@@ -712,9 +712,9 @@ impl IntelIommu {
                 };
                 c.fetch_add(1, Relaxed);
             }
-            Err(f) if req.translation_request => {
-                // Returned to the device (it may use PRI); not a fault record.
-                self.counters.bump_fault(f.reason.0);
+            Err(_) if req.translation_request => {
+                // Returned to the device (it may use PRI); not a fault.
+                self.counters.ats_failures.fetch_add(1, Relaxed);
             }
             Err(f) => self.report(st, f),
         }
