@@ -192,3 +192,17 @@ fn dma_fault_reported_by_guest_driver_legacy() {
         "DMAR: [DMA Read NO_PASID] Request device [00:01.0] fault addr 0xbeef0000 [fault reason 0x06] PTE Read access is not set"
     ), "{}", run.output);
 }
+
+#[test]
+fn caching_mode_makes_the_guest_strict() {
+    // With CAP.CM and second-stage tables the guest must flush on every
+    // map, and Linux switches the DMA domain to strict invalidation.
+    let run = run_mode(&Mode {
+        name: "caching-mode",
+        cmdline: "intel_iommu=on",
+        viommu: "intel,caching-mode=on,first-stage=off",
+        group_type: "DMA",
+        translates: true,
+    });
+    assert!(counter(&run, "inv_iotlb") > 1000, "flushes on map and unmap");
+}
