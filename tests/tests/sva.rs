@@ -71,5 +71,9 @@ fn guest_sva_page_request_and_response() {
     // The guest saw the page request interrupt and handled the fault.
     assert!(run.has_line("dmar0-prq"), "{out}");
     assert!(out.contains("dmatest_sva: iopf pasid"), "{out}");
-    assert_eq!(counter(&run, "faults_recorded"), 0, "PRI faults are not recorded");
+    assert_eq!(
+        counter(&run, "faults_recorded"),
+        0,
+        "PRI faults are not recorded"
+    );
 }

@@ -204,5 +204,8 @@ fn caching_mode_makes_the_guest_strict() {
         group_type: "DMA",
         translates: true,
     });
-    assert!(counter(&run, "inv_iotlb") > 1000, "flushes on map and unmap");
+    assert!(
+        counter(&run, "inv_iotlb") > 1000,
+        "flushes on map and unmap"
+    );
 }

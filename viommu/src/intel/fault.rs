@@ -97,7 +97,7 @@ const FRCD_F: u64 = 1 << 63;
 
 impl FaultRecord {
     /// Encodes a fault (§11.4.14): FI in 63:12, SID in 79:64, PP bit 95,
-    /// FR in 103:96, PV in 123:104, PRIV 125, T 126 (1 = read), F 127.
+    /// PRIV 93, FR in 103:96, PV in 123:104, T 126 (1 = read), F 127.
     pub fn encode(f: &Fault) -> Self {
         let lo = f.address & !0xfff;
         let mut hi = f.source_id as u64;
@@ -107,7 +107,7 @@ impl FaultRecord {
         }
         hi |= (f.reason.0 as u64) << 32;
         if f.privileged {
-            hi |= 1 << 61;
+            hi |= 1 << 29; // PRIV, bit 93
         }
         if !f.write {
             hi |= 1 << 62;

@@ -67,6 +67,20 @@ pub fn walk(
     write: bool,
     to_phys: &mut dyn FnMut(u64) -> Result<u64, SlError>,
 ) -> Result<Leaf, FlError> {
+    walk_with(mem, t, iova, write, false, to_phys)
+}
+
+/// Like [`walk`]; `ignore_rw` is a supervisor request without write
+/// protection (WPE = 0), whose writes complete whatever R/W says and so
+/// must set the Dirty flag (§3.6.2).
+pub fn walk_with(
+    mem: &GuestMemoryMmap,
+    t: &FlTable,
+    iova: u64,
+    write: bool,
+    ignore_rw: bool,
+    to_phys: &mut dyn FnMut(u64) -> Result<u64, SlError>,
+) -> Result<Leaf, FlError> {
     let width = 12 + 9 * t.levels as u32;
     // Canonical: bits 63:width-1 all equal.
     let top = (iova as i64) >> (width - 1);
@@ -105,7 +119,7 @@ pub fn walk(
         // Accessed on every entry used; Dirty on the leaf of a write that
         // is allowed to complete.
         let mut bits = A;
-        if leaf && write && write_ok {
+        if leaf && write && (write_ok || ignore_rw) {
             bits |= D;
         }
         if entry & bits != bits {
@@ -119,7 +133,7 @@ pub fn walk(
                 read: true,
                 write: write_ok,
                 user: user_ok,
-                dirty: write && write_ok,
+                dirty: write && (write_ok || ignore_rw),
             });
         }
         table = entry & addr_mask;

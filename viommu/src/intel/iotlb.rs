@@ -186,7 +186,8 @@ impl Caches {
     /// Page-selective: `2^am` 4 KiB pages at `addr` (aligned down to the
     /// mask), for one PASID or (None) for every PASID of the domain.
     pub fn flush_iotlb_pages(&mut self, did: u16, pasid: Option<u32>, addr: u64, am: u8) {
-        let am = am.min(52) as u32;
+        // AM is 6 bits of guest input; past 51 the span is the whole space.
+        let am = am.min(51) as u32;
         let span = 1u64 << (12 + am);
         let start = addr & !(span - 1);
         let end = start.saturating_add(span);

@@ -10,6 +10,7 @@ pub mod context;
 pub mod counters;
 pub mod fault;
 pub mod first_stage;
+pub mod fuzz;
 pub mod interrupt_remap;
 pub mod invalidation_queue;
 pub mod iotlb;
@@ -23,4 +24,5 @@ mod unit;
 pub use counters::Counters;
 pub use regs::Features;
 pub use unit::{IntelIommu, InterruptSink, VtdConfig, VtdConfigError, HOST_ADDRESS_WIDTH};
-#[cfg(test)] mod tests;
+#[cfg(test)]
+mod tests;

@@ -299,7 +299,8 @@ pub fn resolve(
                 haw: c.haw,
                 pages_1g: c.fl_1g,
             };
-            first_stage::walk(mem, &t, req.iova, req.write, &mut |a| Ok(a))
+            let ignore_rw = req.privileged && !pe.wpe;
+            first_stage::walk_with(mem, &t, req.iova, req.write, ignore_rw, &mut |a| Ok(a))
                 .map_err(|e| ctx.fault(fl_reason(e)))?
         }
         Pgtt::Nested {
@@ -316,7 +317,8 @@ pub fn resolve(
                 haw: c.haw,
                 pages_1g: c.fl_1g,
             };
-            let fl = first_stage::walk(mem, &t, req.iova, req.write, &mut to_phys)
+            let ignore_rw = req.privileged && !pe.wpe;
+            let fl = first_stage::walk_with(mem, &t, req.iova, req.write, ignore_rw, &mut to_phys)
                 .map_err(|e| ctx.fault(fl_reason(e)))?;
             let mid = fl.translate(req.iova);
             let sl_leaf =

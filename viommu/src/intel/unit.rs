@@ -235,6 +235,16 @@ impl IntelIommu {
         if touches(offset, len, FRCD, NUM_FAULT_RECORDS * 16) {
             self.sync_fault_records_from_regs(&mut st);
         }
+        // Software serviced every pending status while the event was
+        // masked: the held interrupt is dropped (§11.4.7.1, §11.4.9.2).
+        if st.regs.get32(FSTS) & Self::FSTS_PENDING == 0 {
+            let c = st.regs.get32(FECTL);
+            st.regs.set32(FECTL, c & !CTL_IP);
+        }
+        if st.regs.get32(ICS) & ICS_IWC == 0 {
+            let c = st.regs.get32(IECTL);
+            st.regs.set32(IECTL, c & !CTL_IP);
+        }
         if touches(offset, len, FECTL, 4) {
             Self::unmask(&mut st, FECTL, FEDATA, FEADDR, FEUADDR, fectl_before);
         }
@@ -395,14 +405,24 @@ impl IntelIommu {
 
     // --- queued invalidation (§6.5.2) ---
 
-    fn queue_error(&self, st: &mut State, code: u64) {
-        self.counters.queue_errors.fetch_add(1, Relaxed);
+    /// Status bits whose presence means a new one is not a new interrupt
+    /// condition (§11.4.7.1).
+    const FSTS_PENDING: u32 = FSTS_PFO | FSTS_PPF | FSTS_IQE | FSTS_ICE | FSTS_ITE;
+
+    /// Sets a fault status bit; the fault event fires only when no status
+    /// was already pending.
+    fn fault_status(st: &mut State, bit: u32) {
         let fsts = st.regs.get32(FSTS);
-        st.regs.set32(FSTS, fsts | FSTS_IQE);
-        st.regs.set64(IQERCD, code);
-        if fsts & FSTS_IQE == 0 {
+        st.regs.set32(FSTS, fsts | bit);
+        if fsts & Self::FSTS_PENDING == 0 {
             Self::fault_event(st);
         }
+    }
+
+    fn queue_error(&self, st: &mut State, code: u64) {
+        self.counters.queue_errors.fetch_add(1, Relaxed);
+        st.regs.set64(IQERCD, code);
+        Self::fault_status(st, FSTS_IQE);
     }
 
     /// Runs descriptors from IQH to IQT; stops before an invalidation wait
@@ -421,11 +441,15 @@ impl IntelIommu {
             self.queue_error(st, iq::iqei::BAD_TAIL);
             return None;
         }
-        let mut head = st.regs.get64(IQH) & 0x7fff0;
+        // IQH may sit off the ring if software changed IQA under an
+        // enabled queue: realign it rather than loop forever.
+        let mut head = (st.regs.get64(IQH) & 0x7fff0) % size / desc * desc;
         let scalable = st.features.scalable;
         let pasid = st.features.page_requests;
         // At most one pass over the ring per tail write.
-        while head != tail {
+        let mut budget = size / desc;
+        while head != tail && budget > 0 {
+            budget -= 1;
             let d =
                 iq::fetch(&self.mem, base, head, wide).and_then(|q| iq::decode(q, scalable, pasid));
             match d {
@@ -496,9 +520,7 @@ impl IntelIommu {
                 if status_write && self.mem.write_obj(data, GuestAddress(addr)).is_err() {
                     // A status address outside memory is an invalidation
                     // completion error (§6.5.2.8).
-                    let fsts = st.regs.get32(FSTS);
-                    st.regs.set32(FSTS, fsts | FSTS_ICE);
-                    Self::fault_event(st);
+                    Self::fault_status(st, FSTS_ICE);
                 }
                 if interrupt {
                     let ics = st.regs.get32(ICS);
@@ -654,16 +676,13 @@ impl IntelIommu {
         match st.faults.record(f) {
             Recorded::At(_) => {
                 self.counters.faults_recorded.fetch_add(1, Relaxed);
-                let had_pending = fsts & FSTS_PPF != 0;
                 Self::publish_faults(st);
-                if !had_pending {
+                if fsts & Self::FSTS_PENDING == 0 {
                     Self::fault_event(st);
                 }
             }
-            Recorded::Overflow => {
-                st.regs.set32(FSTS, fsts | FSTS_PFO);
-                Self::fault_event(st);
-            }
+            // Overflow is not an interrupt condition of its own.
+            Recorded::Overflow => st.regs.set32(FSTS, fsts | FSTS_PFO),
         }
     }
 
