@@ -14,5 +14,6 @@ cargo clippy --workspace --all-targets -- -D warnings
 cargo build --release --workspace --bins
 # Unit tests, CLI tests and the guest boot tests (which need the release vmm).
 cargo test --release --workspace
-# Figures only: the benchmark prints, it does not judge.
+# Figures only: the benchmarks print, they do not judge.
+cargo bench -p viommu --bench translate
 cargo bench -p guest-tests --bench guest

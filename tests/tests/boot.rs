@@ -103,3 +103,15 @@ fn readonly_disk_refuses_writes() {
     assert_eq!(run.value("READ-SHA"), Some(before.clone()));
     assert_eq!(sha256_prefix(&disk, ROUND_TRIP), before);
 }
+
+#[test]
+fn guest_reboot_ends_the_vmm_with_status_3() {
+    let _l1 = serial();
+    let dir = scratch("boot-reboot");
+    let args = VmmArgs::new(initramfs(&dir, "reboot.sh", &[]));
+    let run = run_in_l1(&dir, &args.command());
+    assert!(run.has_line("GUEST-REBOOTING"), "{}", run.output);
+    assert!(!run.has_line("REBOOT-DID-NOT-HAPPEN"), "{}", run.output);
+    // The documented reboot status (README: exit status 3).
+    assert_eq!(run.status, 3, "{}", run.output);
+}

@@ -48,6 +48,9 @@ pub struct Vm {
     pub exit: Arc<ExitHandle>,
     pub block_counters: Vec<Arc<BlockCounters>>,
     pub iommu: Option<Arc<IntelIommu>>,
+    /// Guest RAM: KVM's memory slots point into it, so it lives as long
+    /// as the VM.
+    _memory: GuestMemoryMmap,
     _vcpus: Vec<JoinHandle<()>>,
     _event_loop: JoinHandle<()>,
 }
@@ -76,8 +79,8 @@ fn create_memory(vm: &VmFd, size: u64) -> Result<GuestMemoryMmap, VmmError> {
             userspace_addr: host as u64,
             flags: 0,
         };
-        // SAFETY: the region is mapped for the lifetime of `mem`, which the
-        // VM keeps (devices and vCPUs hold clones) until the process exits.
+        // SAFETY: the region stays mapped for the lifetime of `mem`, which
+        // the returned `Vm` owns until the process exits.
         unsafe { vm.set_user_memory_region(r) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
     }
     Ok(mem)
@@ -175,6 +178,7 @@ pub fn build(cli: &Cli) -> Result<Vm, VmmError> {
     let power: PowerHandler = {
         let exit = exit.clone();
         Arc::new(move |ev| {
+            log::info!("guest requested {ev:?}");
             exit.request(match ev {
                 PowerEvent::Poweroff => ExitReason::Poweroff,
                 PowerEvent::Reset => ExitReason::Reset,
@@ -337,6 +341,8 @@ pub fn build(cli: &Cli) -> Result<Vm, VmmError> {
         },
     )
     .map_err(|e| VmmError::Setup(format!("ACPI tables: {e}")))?;
+    arch::x86_64::regs::setup_reset_vector(&mem)
+        .map_err(|e| VmmError::Setup(format!("reset vector: {e}")))?;
     let kernel = load_linux(
         &mem,
         cli.memory,
@@ -396,6 +402,7 @@ pub fn build(cli: &Cli) -> Result<Vm, VmmError> {
         exit,
         block_counters,
         iommu,
+        _memory: mem,
         _vcpus: handles,
         _event_loop: event_loop,
     })

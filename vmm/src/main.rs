@@ -5,6 +5,7 @@ mod builder;
 mod config;
 mod exit;
 mod interrupts;
+mod logger;
 mod vcpu;
 
 use std::sync::atomic::Ordering;
@@ -31,6 +32,7 @@ pub enum VmmError {
 const EXIT_USAGE: i32 = 2;
 
 fn main() {
+    logger::init();
     let cli = match config::Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

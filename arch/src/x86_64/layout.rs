@@ -32,6 +32,9 @@ pub const EBDA_START: u64 = 0x9fc00;
 /// ACPI tables live in the legacy BIOS area where Linux also scans for the RSDP.
 pub const ACPI_START: u64 = 0xe0000;
 pub const ACPI_END: u64 = 0x100000;
+/// The real-mode reset vector (F000:FFF0), where a reboot through the
+/// "BIOS" lands.
+pub const RESET_VECTOR: u64 = 0xffff0;
 /// Start of high memory, where the protected-mode kernel is loaded.
 pub const HIGH_RAM_START: u64 = 0x100000;
 

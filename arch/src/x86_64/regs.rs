@@ -88,6 +88,31 @@ pub fn setup_sregs<M: GuestMemory>(mem: &M, sregs: &mut kvm_sregs) -> Result<(),
     Ok(())
 }
 
+/// A firmware stand-in at the reset vector: a guest that reboots by jumping
+/// to the BIOS (Linux does when ACPI is hardware-reduced and no EFI runtime
+/// answers) lands here and writes the ACPI reset register, so the reboot
+/// reaches the VMM instead of running off into empty memory.
+pub fn reset_vector_stub() -> [u8; 9] {
+    let port = ACPI_RESET_PORT.to_le_bytes();
+    [
+        0xba,
+        port[0],
+        port[1], // mov dx, ACPI_RESET_PORT
+        0xb0,
+        ACPI_RESET_VALUE, // mov al, ACPI_RESET_VALUE
+        0xee,             // out dx, al
+        0xf4,             // hlt
+        0xeb,
+        0xfd, // jmp back to hlt
+    ]
+}
+
+/// Writes the reset-vector stub into guest memory.
+pub fn setup_reset_vector<M: GuestMemory>(mem: &M) -> Result<(), RegsError> {
+    mem.write_slice(&reset_vector_stub(), GuestAddress(RESET_VECTOR))?;
+    Ok(())
+}
+
 /// General registers at the 64-bit entry point: RSI points at boot_params.
 pub fn boot_regs(entry: u64) -> kvm_regs {
     kvm_regs {
@@ -161,5 +186,10 @@ mod tests {
         let pde1: u64 = mem.read_obj(GuestAddress(PDE_START + 8)).unwrap();
         assert_eq!(pde1, 0x20_0083);
         assert_eq!(boot_regs(0x100200).rsi, ZERO_PAGE_START);
+        setup_reset_vector(&mem).unwrap();
+        let mut stub = [0u8; 9];
+        mem.read_slice(&mut stub, GuestAddress(RESET_VECTOR))
+            .unwrap();
+        assert_eq!(&stub[..3], &[0xba, 0x02, 0x06], "mov dx, 0x602");
     }
 }

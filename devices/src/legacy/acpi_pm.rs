@@ -33,6 +33,7 @@ impl DevicePio for AcpiPm {
 
     fn pio_write(&self, _base: PioAddress, offset: PioAddressOffset, data: &[u8]) {
         let Some(&v) = data.first() else { return };
+        log::debug!("ACPI PM register {offset} <- {v:#x}");
         match offset {
             0 if v & SLP_EN != 0 && (v >> 2) & 7 == self.s5_type => {
                 (self.handler)(PowerEvent::Poweroff)

@@ -27,6 +27,7 @@ impl DevicePio for I8042 {
     }
 
     fn pio_write(&self, _base: PioAddress, offset: PioAddressOffset, data: &[u8]) {
+        log::debug!("i8042 port offset {offset} <- {data:x?}");
         if offset == COMMAND_OFFSET && data.first() == Some(&CMD_RESET_CPU) {
             (self.handler)(PowerEvent::Reset);
         }

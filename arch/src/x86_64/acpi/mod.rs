@@ -228,10 +228,10 @@ pub fn create_acpi_tables<M: GuestMemory>(
     tables.push((xsdt_addr, xsdt.as_slice()));
 
     let end = xsdt_addr + xsdt.len() as u64;
-    if end > layout::ACPI_END {
+    if end > layout::RESET_VECTOR {
         return Err(AcpiError::TooLarge {
             end,
-            limit: layout::ACPI_END,
+            limit: layout::RESET_VECTOR,
         });
     }
 
