@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 pub struct Counters {
     /// Pages translated through the tables (IOTLB hit or walk).
     pub translations: AtomicU64,
-    /// Pages passed through untranslated (translation off or pass-through).
+    /// DMA ranges passed through untranslated (translation off or
+    /// pass-through); one per access, however many pages it spans.
     pub identity: AtomicU64,
     pub iotlb_hits: AtomicU64,
     pub iotlb_misses: AtomicU64,
