@@ -1,8 +1,10 @@
 #!/bin/bash
 # Installs the host packages the test harness needs: QEMU 10 from
 # bookworm-backports (the L1 hypervisor), busybox-static and cpio for the
-# initramfs images, gcc and glibc's static library for guest test programs. The backports archive address is derived from the
-# machine's own apt sources so no mirror is written into the repository.
+# initramfs images, gcc and glibc's static library for guest test programs,
+# the tools to build the iommufd L1 kernel. The backports archive address is
+# derived from the machine's own apt sources so no mirror is written into the
+# repository.
 set -euo pipefail
 
 SUDO=""
@@ -20,6 +22,15 @@ command -v gcc >/dev/null || need+=(gcc)
 # its prebuilt objtool links libelf.
 command -v make >/dev/null || need+=(make)
 [ -e /usr/lib/x86_64-linux-gnu/libelf.so.1 ] || need+=(libelf1)
+# The L1 kernel built from source (resources/l1-kernel.sh): kconfig needs
+# flex and bison, objtool libelf's headers, the trusted-keyring tool
+# (certs/extract-cert) OpenSSL's, the build bc, the source tarball xz.
+command -v flex >/dev/null || need+=(flex)
+command -v bison >/dev/null || need+=(bison)
+command -v bc >/dev/null || need+=(bc)
+command -v xz >/dev/null || need+=(xz-utils)
+[ -f /usr/include/libelf.h ] || need+=(libelf-dev)
+[ -f /usr/include/openssl/opensslv.h ] || need+=(libssl-dev)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 list=/etc/apt/sources.list.d/vmm-backports.sources

@@ -26,7 +26,11 @@
 #
 # Env: L1_TIMEOUT (seconds, default 600), L1_MEM (MiB, default 6144),
 #      L1_SMP (default 2), L1_APPEND (extra L1 kernel arguments, e.g.
-#      loglevel=7 to see its boot), VMM_CACHE (default ~/.cache/vmm).
+#      loglevel=7 to see its boot), VMM_CACHE (default ~/.cache/vmm),
+#      L1_KERNEL_DIR (another L1 kernel: a directory with `vmlinuz` and
+#      optionally `modules/`, e.g. the output of resources/l1-kernel.sh; the
+#      L1 loads only those of its modules that exist there as files, so a
+#      kernel with everything built in needs no modules/).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -46,7 +50,15 @@ done
 command -v qemu-system-x86_64 >/dev/null ||
     { echo "run-l1: qemu-system-x86_64 missing (run resources/host-setup.sh)" >&2; exit 125; }
 CACHE=${VMM_CACHE:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/vmm}
-kdir=$("$here/guest-kernel.sh" | tail -n1)
+if [ -n "${L1_KERNEL_DIR:-}" ]; then
+    [ -s "$L1_KERNEL_DIR/vmlinuz" ] ||
+        { echo "run-l1: no vmlinuz in L1_KERNEL_DIR=$L1_KERNEL_DIR" >&2; exit 125; }
+    kdir=$(realpath "$L1_KERNEL_DIR")
+    kernel_id=$(sha256sum <"$kdir/vmlinuz")
+else
+    kdir=$("$here/guest-kernel.sh" | tail -n1)
+    kernel_id=$(cat "$kdir/package")
+fi
 
 # The L1's test script (run by mkinitramfs.sh's /init after module loading).
 # It gets the host path of the per-run directory from the kernel command line.
@@ -84,17 +96,29 @@ rc=$?
 sync
 printf "\nL1-EXIT-STATUS=%d\n" "$rc"
 '
-modules=(kvm-amd 9p 9pnet_virtio overlay)   # dependencies are added by mkinitramfs.sh
+# Modules the L1 needs (dependencies are added by mkinitramfs.sh). Only those
+# present as module files are loaded: the others are built into the kernel
+# (or missing from it, which the command will notice).
+modules=()
+declare -A have_ko=()
+if [ -d "$kdir/modules" ]; then
+    while read -r f; do
+        f=${f%%.ko*}; have_ko[${f//-/_}]=1
+    done < <(find "$kdir/modules" -name '*.ko*' -printf '%f\n')
+fi
+for m in kvm-amd 9p 9pnet_virtio overlay; do
+    [ -z "${have_ko[${m//-/_}]:-}" ] || modules+=("$m")
+done
 
 # Build (or reuse) the L1 initramfs, keyed by everything that goes into it.
 key=$( { cat "$here/mkinitramfs.sh"; echo "$l1_init"; echo "${modules[*]}";
-         cat "$kdir/package"; sha256sum "$(command -v busybox)"; } | sha256sum | cut -c1-16)
+         echo "$kernel_id"; sha256sum "$(command -v busybox)"; } | sha256sum | cut -c1-16)
 initrd="$CACHE/l1-initramfs-$key.cpio.gz"
 if [ ! -s "$initrd" ]; then
     tmp=$(mktemp)
     echo "$l1_init" >"$tmp"
     # mkinitramfs.sh writes OUT atomically (temp file + rename in OUT's dir).
-    GUEST_KERNEL_DIR=$kdir "$here/mkinitramfs.sh" "$initrd" "$tmp" "${modules[@]}"
+    GUEST_KERNEL_DIR=$kdir "$here/mkinitramfs.sh" "$initrd" "$tmp" ${modules[@]+"${modules[@]}"}
     rm -f "$tmp"
 fi
 
