@@ -168,7 +168,30 @@ impl L1Run {
 }
 
 /// Runs `command` inside L1 with `scratch` shared read-write.
+///
+/// A guest that resets on its own (VMM exit status 3 without the reboot
+/// test's marker) is run once more: such resets were seen once in about
+/// forty nested runs and are under investigation (the VMM now logs the
+/// cause). The first attempt's console stays in `console-attempt1.log` and
+/// the retry is announced on stderr, so it is never silent.
 pub fn run_in_l1(scratch: &Path, command: &[String]) -> L1Run {
+    let run = run_in_l1_once(scratch, command);
+    if run.status == 3 && !run.has_line("GUEST-REBOOTING") {
+        let _ = std::fs::copy(
+            scratch.join("console.log"),
+            scratch.join("console-attempt1.log"),
+        );
+        let cause: Vec<&str> = run.output.lines().filter(|l| l.contains("vmm:")).collect();
+        eprintln!(
+            "WARNING: the guest reset unexpectedly ({cause:?}); retrying once; first console in {}",
+            scratch.join("console-attempt1.log").display()
+        );
+        return run_in_l1_once(scratch, command);
+    }
+    run
+}
+
+fn run_in_l1_once(scratch: &Path, command: &[String]) -> L1Run {
     let start = Instant::now();
     let out = Command::new("bash")
         .arg(repo_root().join("resources/run-l1.sh"))

@@ -116,11 +116,13 @@ impl Vcpu {
                 Ok(VcpuExit::Hlt) => {}
                 Ok(VcpuExit::Shutdown) => {
                     // A triple fault: the machine resets.
+                    log::warn!("vCPU {}: triple fault, resetting", self.id);
                     self.exit.request(ExitReason::Reset);
                     return;
                 }
                 Ok(VcpuExit::SystemEvent(kind, _)) => {
                     const KVM_SYSTEM_EVENT_SHUTDOWN: u32 = 1;
+                    log::info!("vCPU {}: system event {kind}", self.id);
                     let reason = if kind == KVM_SYSTEM_EVENT_SHUTDOWN {
                         ExitReason::Poweroff
                     } else {
