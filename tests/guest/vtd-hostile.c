@@ -151,8 +151,24 @@ int main(int argc, char **argv)
 	printf("HOSTILE-START ver=%#x cap=%#llx\n", rd32(regs, VER),
 	       (unsigned long long)rd64(regs, 0x08));
 
-	/* 1. Garbage everywhere, every size, DMA in flight. */
+	root = page(&pa_root);
+	ctx = page(&pa_ctx);
+	q = page(&pa_q);
+
+	/*
+	 * 1. Garbage everywhere, every size, DMA in flight. Two registers keep
+	 * pointing at zeroed pages of ours: with a random IQA the unit would
+	 * fetch "descriptors" from random guest memory and carry out the
+	 * status writes of any wait descriptors found there, and with a random
+	 * root table it would set accessed/dirty bits in whatever looks like
+	 * first-stage entries — real hardware would do the same, and it would
+	 * corrupt this guest's own kernel. The DMA in flight only reads, for
+	 * the same reason (with translation off it reaches guest memory
+	 * directly). Both registers are broken on purpose in phases 2 and 3.
+	 */
 	quiesce();
+	wr64(regs, IQA, pa_q);
+	wr64(regs, RTADDR, pa_root);
 	for (unsigned size = 1; size <= 8; size *= 2) {
 		for (unsigned off = 0; off + size <= 4096; off++) {
 			uint64_t v = next();
@@ -166,16 +182,19 @@ int main(int argc, char **argv)
 				safe_messages();
 			if (off >= IECTL && off < IEUADDR + 4)
 				safe_messages();
+			if (off + size > IQA && off < IQA + 8)
+				wr64(regs, IQA, pa_q);
+			if (off + size > RTADDR && off < RTADDR + 8)
+				wr64(regs, RTADDR, pa_root);
 			if ((off & 63) == 0)
-				dma(next() & 0xfffff000, 1 + (next() & 1));
+				dma(next() & 0xfffff000, 2);
 		}
 	}
 	quiesce();
 	printf("GARBAGE-DONE gsts=%#x\n", rd32(regs, GSTS));
 
-	root = page(&pa_root);
-	ctx = page(&pa_ctx);
-	q = page(&pa_q);
+	memset(root, 0, 4096);
+	memset(q, 0, 4096);
 
 	/* 2. Legacy mode. */
 	set_root(0x3ffff0000000ULL);			/* outside guest RAM */
