@@ -162,6 +162,19 @@ impl L1Run {
         })
     }
 
+    /// The numeric value of `key=` in the VMM's `counters: viommu intel` line.
+    pub fn counter(&self, key: &str) -> u64 {
+        self.output
+            .lines()
+            .filter(|l| l.contains("counters: viommu intel"))
+            .find_map(|l| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix(&format!("{key}=")))
+                    .and_then(|v| v.parse().ok())
+            })
+            .unwrap_or_else(|| panic!("no counter {key}:\n{}", self.output))
+    }
+
     pub fn has_line(&self, needle: &str) -> bool {
         self.output.lines().any(|l| l.contains(needle))
     }

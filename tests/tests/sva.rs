@@ -19,18 +19,6 @@ fn number(run: &L1Run, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {key}:\n{}", run.output))
 }
 
-fn counter(run: &L1Run, key: &str) -> u64 {
-    run.output
-        .lines()
-        .filter(|l| l.contains("counters: viommu intel"))
-        .find_map(|l| {
-            l.split_whitespace()
-                .find_map(|w| w.strip_prefix(&format!("{key}=")))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or_else(|| panic!("no counter {key}:\n{}", run.output))
-}
-
 #[test]
 fn guest_sva_page_request_and_response() {
     let _l1 = serial();
@@ -66,13 +54,13 @@ fn guest_sva_page_request_and_response() {
     let device_requests = number(&run, "SVA-PAGE-REQUESTS");
     assert!(device_requests >= 1, "{out}");
     assert_eq!(number(&run, "SVA-PAGE-RESPONSES"), device_requests, "{out}");
-    assert_eq!(counter(&run, "page_requests"), device_requests);
-    assert_eq!(counter(&run, "page_responses"), device_requests);
+    assert_eq!(run.counter("page_requests"), device_requests);
+    assert_eq!(run.counter("page_responses"), device_requests);
     // The guest saw the page request interrupt and handled the fault.
     assert!(run.has_line("dmar0-prq"), "{out}");
     assert!(out.contains("dmatest_sva: iopf pasid"), "{out}");
     assert_eq!(
-        counter(&run, "faults_recorded"),
+        run.counter("faults_recorded"),
         0,
         "PRI faults are not recorded"
     );

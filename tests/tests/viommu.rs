@@ -14,19 +14,6 @@ struct Mode {
     translates: bool,
 }
 
-/// The numeric value of `key=` in the VMM's counters line.
-fn counter(run: &L1Run, key: &str) -> u64 {
-    run.output
-        .lines()
-        .filter(|l| l.contains("counters: viommu intel"))
-        .find_map(|l| {
-            l.split_whitespace()
-                .find_map(|w| w.strip_prefix(&format!("{key}=")))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or_else(|| panic!("no counter {key}:\n{}", run.output))
-}
-
 fn run_mode(m: &Mode) -> L1Run {
     let _l1 = serial();
     let dir = scratch(&format!("viommu-{}", m.name));
@@ -63,16 +50,16 @@ fn run_mode(m: &Mode) -> L1Run {
         "{out}"
     );
     assert!(run.has_line("IR-PCI-MSIX-0000:00:01.0"), "{out}");
-    assert!(counter(&run, "interrupts_remapped") > 0);
-    assert_eq!(counter(&run, "faults"), 0, "{out}");
-    let translations = counter(&run, "translations");
+    assert!(run.counter("interrupts_remapped") > 0);
+    assert_eq!(run.counter("faults"), 0, "{out}");
+    let translations = run.counter("translations");
     if m.translates {
         // 64 MiB each way is 32768 pages at least.
         assert!(translations > 32768, "only {translations} translations");
     } else {
         assert_eq!(translations, 0, "pass-through must not translate");
         // Every DMA still went through the unit, which passed it through.
-        assert!(counter(&run, "identity") > 1000);
+        assert!(run.counter("identity") > 1000);
     }
     eprintln!("{}: {:?}", m.name, run.elapsed);
     run
@@ -88,7 +75,7 @@ fn scalable_mode_first_stage_lazy() {
         translates: true,
     });
     assert!(
-        counter(&run, "inv_p_iotlb") > 0,
+        run.counter("inv_p_iotlb") > 0,
         "first-stage domains flush by PASID"
     );
 }
@@ -102,7 +89,7 @@ fn legacy_mode_second_stage() {
         group_type: "DMA-FQ",
         translates: true,
     });
-    assert!(counter(&run, "inv_iotlb") > 0);
+    assert!(run.counter("inv_iotlb") > 0);
 }
 
 #[test]
@@ -115,7 +102,7 @@ fn scalable_mode_strict() {
         translates: true,
     });
     // Strict mode invalidates on every unmap.
-    assert!(counter(&run, "inv_p_iotlb") > 100);
+    assert!(run.counter("inv_p_iotlb") > 100);
 }
 
 #[test]
@@ -165,7 +152,7 @@ fn fault_run(name: &str, cmdline: &str) -> L1Run {
         "{}",
         run.output
     );
-    assert_eq!(counter(&run, "faults_recorded"), 2);
+    assert_eq!(run.counter("faults_recorded"), 2);
     run
 }
 
@@ -205,8 +192,5 @@ fn caching_mode_makes_the_guest_strict() {
         group_type: "DMA",
         translates: true,
     });
-    assert!(
-        counter(&run, "inv_iotlb") > 1000,
-        "flushes on map and unmap"
-    );
+    assert!(run.counter("inv_iotlb") > 1000, "flushes on map and unmap");
 }

@@ -43,7 +43,11 @@ pub fn context_table(
     devfn: u8,
     haw: u8,
 ) -> Result<u64, EntryError> {
-    let (lo, hi) = read_u128(mem, rtaddr + bus as u64 * 16)?;
+    // RTADDR is guest-written: an address that wraps is outside memory.
+    let entry = rtaddr
+        .checked_add(bus as u64 * 16)
+        .ok_or(EntryError::Access)?;
+    let (lo, hi) = read_u128(mem, entry)?;
     let word = if scalable && devfn >= 128 { hi } else { lo };
     if word & 1 == 0 {
         return Err(EntryError::NotPresent);
