@@ -16,6 +16,15 @@
 #   --disk-scratch DIR  share host DIR read-write; inside the chroot it is at
 #                       the same absolute path (also in $VMM_SCRATCH). Use it
 #                       for disk images and for results that must survive.
+#   --nvme IMG          give L1 an emulated NVMe controller backed by the raw
+#                       image IMG (on this host) behind QEMU's emulated VT-d
+#                       (scalable mode, interrupt remapping; L1 boots with
+#                       intel_iommu=on iommu=pt), bound to vfio-pci in L1
+#                       before COMMAND runs. COMMAND sees its VFIO cdev in
+#                       $VMM_VFIO_NVME and its sysfs path in
+#                       $VMM_VFIO_NVME_SYSFS.
+#   --nvme-native IMG   a second NVMe controller (needs --nvme), left on
+#                       L1's nvme driver: $VMM_NATIVE_NVME_SYSFS.
 #   --env NAME          forward host variable NAME (repeatable). PATH, HOME,
 #                       USER, LANG, CI, RUST_BACKTRACE and RUST_LOG are
 #                       always forwarded if set; VMM_IN_L1=1 is set.
@@ -25,7 +34,8 @@
 # last; 125 if that line never appeared (timeout, panic, boot failure).
 #
 # Env: L1_TIMEOUT (seconds, default 600), L1_MEM (MiB, default 6144),
-#      L1_SMP (default 2), L1_APPEND (extra L1 kernel arguments, e.g.
+#      L1_SMP (default 2), L1_QEMU_EXTRA (extra QEMU arguments, split on
+#      spaces, e.g. "-device igb" to look at a device's config space), L1_APPEND (extra L1 kernel arguments, e.g.
 #      loglevel=7 to see its boot), VMM_CACHE (default ~/.cache/vmm),
 #      L1_KERNEL_DIR (another L1 kernel: a directory with `vmlinuz` and
 #      optionally `modules/`, e.g. the output of resources/l1-kernel.sh; the
@@ -34,12 +44,14 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-usage() { echo "usage: $0 [--disk-scratch DIR] [--env NAME]... -- COMMAND [ARG...]" >&2; exit 2; }
+usage() { echo "usage: $0 [--disk-scratch DIR] [--nvme IMG [--nvme-native IMG]] [--env NAME]... -- COMMAND [ARG...]" >&2; exit 2; }
 
-scratch="" envs=(PATH HOME USER LANG CI RUST_BACKTRACE RUST_LOG)
+scratch="" nvme="" nvme_native="" envs=(PATH HOME USER LANG CI RUST_BACKTRACE RUST_LOG)
 while [ $# -gt 0 ]; do
     case $1 in
         --disk-scratch) [ $# -ge 2 ] || usage; scratch=$2; shift 2 ;;
+        --nvme) [ $# -ge 2 ] || usage; nvme=$(realpath "$2"); shift 2 ;;
+        --nvme-native) [ $# -ge 2 ] || usage; nvme_native=$(realpath "$2"); shift 2 ;;
         --env) [ $# -ge 2 ] || usage; envs+=("$2"); shift 2 ;;
         --) shift; break ;;
         *) usage ;;
@@ -91,6 +103,27 @@ if [ -s "/host$run/scratch" ]; then
     mount -t 9p -o "$p9,cache=mmap" scratch "/host$scratch" ||
         echo "L1: cannot mount the scratch 9p share"
 fi
+# NVMe controllers for passthrough tests (run-l1.sh --nvme): the one at
+# slot 0x10 goes to vfio-pci, the one at 0x11 stays on the nvme driver.
+vfio_bind() {
+    d=/sys/bus/pci/devices/$1
+    [ -e "$d" ] || return 1
+    echo vfio-pci >"$d/driver_override"
+    [ -e "$d/driver" ] && echo "$1" >"$d/driver/unbind"
+    echo "$1" >/sys/bus/pci/drivers_probe
+    for i in 1 2 3 4 5 6 7 8 9 10; do
+        c=$(ls "$d/vfio-dev" 2>/dev/null) && [ -n "$c" ] && [ -e "/dev/vfio/devices/$c" ] && break
+        sleep 0.2
+    done
+    [ -n "$c" ] || return 1
+    export VMM_VFIO_NVME=/dev/vfio/devices/$c VMM_VFIO_NVME_SYSFS=$d
+}
+case " $(cat /proc/cmdline) " in *" vmm.nvme=1 "*)
+    vfio_bind 0000:00:10.0 || echo "L1: cannot bind the NVMe to vfio-pci"
+    [ -e /sys/bus/pci/devices/0000:00:11.0 ] &&
+        export VMM_NATIVE_NVME_SYSFS=/sys/bus/pci/devices/0000:00:11.0
+    ;;
+esac
 chroot /host /bin/bash "$run/cmd.sh" </dev/null
 rc=$?
 sync
@@ -155,13 +188,28 @@ if [ -n "$scratch" ]; then
     virtfs+=(-virtfs "local,path=$scratch,mount_tag=scratch,security_model=none,multidevs=remap")
 fi
 
+machine=q35 devices=() append=""
+if [ -n "$nvme" ]; then
+    # The IOMMU must come before the devices it translates for.
+    machine=q35,kernel-irqchip=split
+    devices+=(-device intel-iommu,intremap=on,x-scalable-mode=on
+              -drive "file=$nvme,if=none,id=nvme0,format=raw,cache=writeback"
+              -device "nvme,serial=vmmvfio0,drive=nvme0,addr=0x10")
+    if [ -n "$nvme_native" ]; then
+        devices+=(-drive "file=$nvme_native,if=none,id=nvme1,format=raw,cache=writeback"
+                  -device "nvme,serial=vmmnative1,drive=nvme1,addr=0x11")
+    fi
+    append="intel_iommu=on vmm.nvme=1"
+fi
+
 set +e
+# shellcheck disable=SC2086  # L1_QEMU_EXTRA is a list of arguments
 timeout -k 10 "${L1_TIMEOUT:-600}" qemu-system-x86_64 \
-    -accel tcg -machine q35 -cpu max -m "${L1_MEM:-6144}" -smp "${L1_SMP:-2}" \
+    -accel tcg -machine "$machine" -cpu max -m "${L1_MEM:-6144}" -smp "${L1_SMP:-2}" \
     -display none -serial stdio -monitor none -no-reboot -nic none \
     -kernel "$kdir/vmlinuz" -initrd "$initrd" \
-    -append "console=ttyS0 panic=-1 quiet loglevel=3 vmm.run=$run ${L1_APPEND:-}" \
-    "${virtfs[@]}" </dev/null | tee "$run/console.log"
+    -append "console=ttyS0 panic=-1 quiet loglevel=3 vmm.run=$run $append ${L1_APPEND:-}" \
+    ${devices[@]+"${devices[@]}"} "${virtfs[@]}" ${L1_QEMU_EXTRA:-} </dev/null | tee "$run/console.log"
 qemu_rc=${PIPESTATUS[0]}
 set -e
 

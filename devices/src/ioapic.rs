@@ -5,7 +5,14 @@
 //! redirection entry and leaves through the [`MsiRouter`] with the I/O APIC's
 //! requester ID, so an IOMMU's interrupt remapping can see and translate it
 //! (a remappable-format entry maps bit for bit onto a remappable MSI).
+//!
+//! Level-triggered pins also publish their message as the MSI route of the
+//! GSI reserved for the pin: with the split irqchip that is how KVM learns
+//! which vectors need an EOI exit, and the EOI is what lowers remote IRR and
+//! lets a device behind the pin (a passthrough function's INTx) be
+//! re-armed through [`Ioapic::add_eoi_listener`].
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use vm_device::bus::{MmioAddress, MmioAddressOffset};
@@ -39,12 +46,20 @@ struct State {
     id: u32,
     rte: [u64; NUM_PINS],
     level: [bool; NUM_PINS],
+    /// The route last published for each pin's GSI.
+    published: [Option<MsiMessage>; NUM_PINS],
 }
+
+/// Called after the guest ended an interrupt of a level-triggered pin
+/// (remote IRR cleared), before the pin's level is looked at again.
+pub type EoiListener = Arc<dyn Fn() + Send + Sync>;
 
 pub struct Ioapic {
     state: Mutex<State>,
     requester_id: u16,
     router: Arc<dyn MsiRouter>,
+    eoi_listeners: Mutex<Vec<(u64, usize, EoiListener)>>,
+    next_listener: AtomicU64,
 }
 
 impl Ioapic {
@@ -55,9 +70,55 @@ impl Ioapic {
                 id: 0,
                 rte: [RTE_MASKED; NUM_PINS],
                 level: [false; NUM_PINS],
+                published: [None; NUM_PINS],
             }),
             requester_id,
             router,
+            eoi_listeners: Mutex::new(Vec::new()),
+            next_listener: AtomicU64::new(1),
+        }
+    }
+
+    /// Calls `listener` whenever the guest ends an interrupt of `pin`
+    /// (level-triggered pins only: edge pins have no end of interrupt).
+    /// The listener may call [`Ioapic::set_irq`]: a line lowered there is
+    /// not redelivered. Returns an id for [`Ioapic::remove_eoi_listener`].
+    pub fn add_eoi_listener(&self, pin: usize, listener: EoiListener) -> u64 {
+        let id = self.next_listener.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut l) = self.eoi_listeners.lock() {
+            l.push((id, pin, listener));
+        }
+        id
+    }
+
+    pub fn remove_eoi_listener(&self, id: u64) {
+        if let Ok(mut l) = self.eoi_listeners.lock() {
+            l.retain(|(i, _, _)| *i != id);
+        }
+    }
+
+    /// Whether the guest programmed `pin` as level-triggered.
+    pub fn is_level_triggered(&self, pin: usize) -> bool {
+        self.state
+            .lock()
+            .ok()
+            .and_then(|st| st.rte.get(pin).copied())
+            .is_some_and(|rte| rte & RTE_TRIGGER_LEVEL != 0)
+    }
+
+    /// Publishes the route of the GSI reserved for `pin`: the pin's message
+    /// when it is level-triggered and unmasked, else none. Nothing signals
+    /// these GSIs; KVM scans them to decide which vectors' EOIs exit to us.
+    fn publish_route(&self, st: &mut State, pin: usize) {
+        let rte = st.rte[pin];
+        let msg =
+            (rte & RTE_TRIGGER_LEVEL != 0 && rte & RTE_MASKED == 0).then(|| Self::message(rte));
+        if st.published[pin] == msg {
+            return;
+        }
+        match self.router.set_route(pin as u32, self.requester_id, msg) {
+            Ok(()) => st.published[pin] = msg,
+            Err(e) => log::warn!("IOAPIC pin {pin}: EOI route not updated: {e}"),
         }
     }
 
@@ -113,16 +174,43 @@ impl Ioapic {
 
     /// End of interrupt for `vector` (from a local APIC EOI or the EOI register).
     pub fn end_of_interrupt(&self, vector: u8) {
+        let mut ended = [false; NUM_PINS];
+        {
+            let Ok(mut st) = self.state.lock() else {
+                return;
+            };
+            for (pin, e) in ended.iter_mut().enumerate() {
+                let rte = st.rte[pin];
+                if rte & RTE_REMOTE_IRR != 0 && (rte & RTE_VECTOR_MASK) as u8 == vector {
+                    st.rte[pin] &= !RTE_REMOTE_IRR;
+                    *e = true;
+                }
+            }
+        }
+        if !ended.contains(&true) {
+            return;
+        }
+        // Listeners run without the state lock: they usually lower the line.
+        let listeners: Vec<EoiListener> = self
+            .eoi_listeners
+            .lock()
+            .map(|l| {
+                l.iter()
+                    .filter(|(_, pin, _)| ended.get(*pin) == Some(&true))
+                    .map(|(_, _, f)| f.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for f in listeners {
+            f();
+        }
         let Ok(mut st) = self.state.lock() else {
             return;
         };
-        for pin in 0..NUM_PINS {
-            let rte = st.rte[pin];
-            if rte & RTE_REMOTE_IRR != 0 && (rte & RTE_VECTOR_MASK) as u8 == vector {
-                st.rte[pin] &= !RTE_REMOTE_IRR;
-                if st.level[pin] {
-                    self.deliver(&mut st, pin);
-                }
+        for (pin, &e) in ended.iter().enumerate() {
+            // A line still high is delivered again (unless someone already did).
+            if e && st.level[pin] {
+                self.deliver(&mut st, pin);
             }
         }
     }
@@ -161,6 +249,7 @@ impl Ioapic {
                 if st.rte[idx] & RTE_TRIGGER_LEVEL == 0 {
                     st.rte[idx] &= !RTE_REMOTE_IRR;
                 }
+                self.publish_route(st, idx);
                 // Unmasking a level-triggered pin that is still asserted delivers it.
                 if st.level[idx] && st.rte[idx] & RTE_TRIGGER_LEVEL != 0 {
                     self.deliver(st, idx);
@@ -267,6 +356,47 @@ mod tests {
         io.set_irq(3, false);
         io.end_of_interrupt(0x40);
         assert_eq!(read_reg(&io, 0x16) & (1 << 14), 0);
+    }
+
+    #[test]
+    fn eoi_listener_lowers_the_line_before_redelivery() {
+        let r = Arc::new(RecordingRouter::default());
+        let io = Arc::new(Ioapic::new(0xf8, r.clone()));
+        // Level-triggered, vector 0x51: the pin's GSI gets a route.
+        write_reg(&io, 0x10 + 2 * 17, 0x8051);
+        assert!(io.is_level_triggered(17));
+        let routes = r.routes.lock().unwrap().clone();
+        assert_eq!(routes.len(), 1);
+        assert_eq!(routes[0].0, 17);
+        assert_eq!(routes[0].2.unwrap().data & 0xff, 0x51);
+        let calls = Arc::new(Mutex::new(0));
+        let weak = Arc::downgrade(&io);
+        let c = calls.clone();
+        let id = io.add_eoi_listener(
+            17,
+            Arc::new(move || {
+                *c.lock().unwrap() += 1;
+                if let Some(io) = weak.upgrade() {
+                    io.set_irq(17, false);
+                }
+            }),
+        );
+        io.set_irq(17, true);
+        assert_eq!(r.sent.lock().unwrap().len(), 1);
+        io.end_of_interrupt(0x51);
+        assert_eq!(*calls.lock().unwrap(), 1);
+        assert_eq!(r.sent.lock().unwrap().len(), 1, "lowered: not redelivered");
+        // Another vector's EOI does not call it; removal stops it.
+        io.set_irq(17, true);
+        io.end_of_interrupt(0x52);
+        assert_eq!(*calls.lock().unwrap(), 1);
+        io.remove_eoi_listener(id);
+        io.end_of_interrupt(0x51);
+        assert_eq!(*calls.lock().unwrap(), 1);
+        assert_eq!(r.sent.lock().unwrap().len(), 3, "still high: redelivered");
+        // Masking the pin withdraws its route.
+        write_reg(&io, 0x10 + 2 * 17, 0x1_8051);
+        assert_eq!(r.routes.lock().unwrap().last().unwrap().2, None);
     }
 
     #[test]

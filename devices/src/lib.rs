@@ -9,5 +9,7 @@ pub mod dma_test;
 pub mod interrupt;
 pub mod ioapic;
 pub mod legacy;
+pub mod memory_slots;
 pub mod pci;
+pub mod vfio;
 pub mod virtio;

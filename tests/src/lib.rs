@@ -181,14 +181,57 @@ impl L1Run {
 }
 
 /// Runs `command` inside L1 with `scratch` shared read-write.
+pub fn run_in_l1(scratch: &Path, command: &[String]) -> L1Run {
+    run_in_l1_opts(scratch, &L1Options::default(), command)
+}
+
+/// Directory of the cached L1 kernel built with iommufd, the VFIO device
+/// cdev and the kernel's iommufd mock (resources/l1-kernel.sh: built once,
+/// then reused from the cache without any network access).
+pub fn l1_kernel_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = Command::new("bash")
+            .arg(repo_root().join("resources/l1-kernel.sh"))
+            .output()
+            .expect("run resources/l1-kernel.sh");
+        assert!(
+            out.status.success(),
+            "l1-kernel.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let s = String::from_utf8_lossy(&out.stdout);
+        PathBuf::from(
+            s.lines()
+                .last()
+                .expect("l1-kernel.sh printed a path")
+                .trim(),
+        )
+    })
+    .clone()
+}
+
+/// What an L1 run needs beyond the scratch directory (resources/run-l1.sh).
+#[derive(Debug, Clone, Default)]
+pub struct L1Options {
+    /// The L1 kernel (run-l1.sh's `L1_KERNEL_DIR`), e.g. [`l1_kernel_dir`];
+    /// `None` boots Debian's.
+    pub kernel_dir: Option<PathBuf>,
+    /// run-l1.sh `--nvme IMG`.
+    pub nvme: Option<PathBuf>,
+    /// run-l1.sh `--nvme-native IMG`.
+    pub nvme_native: Option<PathBuf>,
+}
+
+/// Runs `command` inside L1 with `scratch` shared read-write, as `opts` says.
 ///
 /// A guest that resets on its own (VMM exit status 3 without the reboot
 /// test's marker) is run once more: such resets were seen once in about
 /// forty nested runs and are under investigation (the VMM now logs the
 /// cause). The first attempt's console stays in `console-attempt1.log` and
 /// the retry is announced on stderr, so it is never silent.
-pub fn run_in_l1(scratch: &Path, command: &[String]) -> L1Run {
-    let run = run_in_l1_once(scratch, command);
+pub fn run_in_l1_opts(scratch: &Path, opts: &L1Options, command: &[String]) -> L1Run {
+    let run = run_in_l1_once(scratch, opts, command);
     if run.status == 3 && !run.has_line("GUEST-REBOOTING") {
         let _ = std::fs::copy(
             scratch.join("console.log"),
@@ -199,17 +242,27 @@ pub fn run_in_l1(scratch: &Path, command: &[String]) -> L1Run {
             "WARNING: the guest reset unexpectedly ({cause:?}); retrying once; first console in {}",
             scratch.join("console-attempt1.log").display()
         );
-        return run_in_l1_once(scratch, command);
+        return run_in_l1_once(scratch, opts, command);
     }
     run
 }
 
-fn run_in_l1_once(scratch: &Path, command: &[String]) -> L1Run {
+fn run_in_l1_once(scratch: &Path, opts: &L1Options, command: &[String]) -> L1Run {
     let start = Instant::now();
-    let out = Command::new("bash")
-        .arg(repo_root().join("resources/run-l1.sh"))
+    let mut cmd = Command::new("bash");
+    cmd.arg(repo_root().join("resources/run-l1.sh"))
         .arg("--disk-scratch")
-        .arg(scratch)
+        .arg(scratch);
+    if let Some(dir) = &opts.kernel_dir {
+        cmd.env("L1_KERNEL_DIR", dir);
+    }
+    if let Some(image) = &opts.nvme {
+        cmd.arg("--nvme").arg(image);
+    }
+    if let Some(image) = &opts.nvme_native {
+        cmd.arg("--nvme-native").arg(image);
+    }
+    let out = cmd
         .arg("--")
         .args(command)
         .output()

@@ -6,7 +6,12 @@
 //! implementation, without any device having to change.
 
 pub mod dma;
+pub mod host;
+pub mod host_iommufd;
 pub mod intel;
+pub mod iommufd;
+pub mod pasid_cap;
+pub mod shadow;
 
 pub use dma::{
     Access, AtsEndpoint, DmaFault, DmaFence, DmaGuard, DmaMemory, DmaSpace, GuestMemoryMmap,

@@ -48,11 +48,32 @@ pub struct Vm {
     pub exit: Arc<ExitHandle>,
     pub block_counters: Vec<Arc<BlockCounters>>,
     pub iommu: Option<Arc<IntelIommu>>,
+    pub vfio_devices: Vec<crate::passthrough::PassthroughDevice>,
+    /// The iommufd objects the passthrough devices hang on.
+    _passthrough: Option<crate::passthrough::Passthrough>,
     /// Guest RAM: KVM's memory slots point into it, so it lives as long
     /// as the VM.
     _memory: GuestMemoryMmap,
     _vcpus: Vec<JoinHandle<()>>,
     _event_loop: JoinHandle<()>,
+}
+
+/// What `--counters` prints, shareable with the thread that prints it on
+/// SIGUSR1.
+pub struct CounterView {
+    pub block_counters: Vec<Arc<BlockCounters>>,
+    pub iommu: Option<Arc<IntelIommu>>,
+    pub vfio_devices: Vec<crate::passthrough::PassthroughDevice>,
+}
+
+impl Vm {
+    pub fn counter_view(&self) -> CounterView {
+        CounterView {
+            block_counters: self.block_counters.clone(),
+            iommu: self.iommu.clone(),
+            vfio_devices: self.vfio_devices.clone(),
+        }
+    }
 }
 
 type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
@@ -215,8 +236,19 @@ pub fn build(cli: &Cli) -> Result<Vm, VmmError> {
     )
     .map_err(bus_err("ioapic"))?;
 
+    // Passthrough devices are opened first: what the host IOMMU can do
+    // shapes the vIOMMU.
+    let passthrough = crate::passthrough::open_all(&cli.vfio, &mem)?;
+    let vtd = match cli.viommu {
+        Some(cfg) => Some(crate::passthrough::viommu_config(
+            cfg,
+            passthrough.as_ref(),
+        )?),
+        None => None,
+    };
+
     // The emulated IOMMU, translating for the devices that opt in.
-    let iommu = match cli.viommu {
+    let iommu = match vtd {
         Some(cfg) => {
             let unit = IntelIommu::new(cfg, mem.clone(), Arc::new(RouterSink(kvm_router.clone())))
                 .map_err(|e| VmmError::Input(format!("--viommu: {e}")))?;
@@ -287,7 +319,7 @@ pub fn build(cli: &Cli) -> Result<Vm, VmmError> {
         };
         // Behind an IOMMU with PASIDs the device is SVA-capable:
         // PASID (as wide as the IOMMU's), ATS and PRI.
-        let pasid_bits = match (cli.viommu, *behind_iommu) {
+        let pasid_bits = match (vtd, *behind_iommu) {
             (Some(v), true) => v.pasid_bits,
             _ => 0,
         };
@@ -301,6 +333,69 @@ pub fn build(cli: &Cli) -> Result<Vm, VmmError> {
         let dev = Arc::new(Mutex::new(dev));
         DmaTest::attach(&dev);
         root.add_device(bdf, dev);
+    }
+    let mut vfio_devices = Vec::new();
+    if let Some(pt) = &passthrough {
+        let slots: Arc<dyn devices::memory_slots::GuestMemorySlots> = Arc::new(
+            crate::memory_slots::KvmSlots::new(vm.clone(), kvm.get_nr_memslots() as u32),
+        );
+        for (i, opened) in pt.devices.iter().enumerate() {
+            let bdf = root
+                .next_bdf()
+                .filter(|b| b.0 != IOAPIC_REQUESTER_ID)
+                .ok_or_else(|| VmmError::Input("too many PCI devices".into()))?;
+            let behind = match (&iommu, opened.config.iommu) {
+                (Some(unit), true) => Some(unit.clone()),
+                _ => None,
+            };
+            let pasid = match (vtd, &behind) {
+                (Some(v), Some(_)) if v.pasid_bits > 0 => Some((
+                    viommu::pasid_cap::PasidHostInfo {
+                        max_pasid_log2: opened.pasid_width(),
+                        exec: opened.hw_info.pasid_exec(),
+                        privileged: opened.hw_info.pasid_priv(),
+                    },
+                    v.pasid_bits,
+                )),
+                _ => None,
+            };
+            opened.device.reset();
+            let mut dev = devices::vfio::VfioPciDevice::new(
+                opened.device.clone(),
+                bdf.0,
+                router.clone(),
+                slots.clone(),
+                pasid,
+            )
+            .map_err(|e| VmmError::Setup(format!("vfio{i} at {bdf}: {e}")))?;
+            bars.assign(&mut dev)?;
+            root.add_device(bdf, Arc::new(Mutex::new(dev)));
+            let counters = match behind {
+                Some(unit) => {
+                    iommu_scope.insert(bdf.0);
+                    let ep = viommu::host_iommufd::IommufdEndpoint::new(
+                        bdf.0,
+                        &pt.guest_ram,
+                        Arc::new(crate::passthrough::VfioAttach(opened.device.clone())),
+                        mem.clone(),
+                        opened.capabilities(),
+                    )
+                    .map_err(|e| VmmError::Setup(format!("vfio{i}: shadow IOAS: {e}")))?;
+                    let counters = ep.counters.clone();
+                    unit.add_host_endpoint(Arc::new(ep));
+                    Some(counters)
+                }
+                None => {
+                    log::info!("vfio{i} at {bdf}: bypass path (not behind the vIOMMU)");
+                    None
+                }
+            };
+            vfio_devices.push(crate::passthrough::PassthroughDevice {
+                requester_id: bdf.0,
+                device: opened.device.clone(),
+                counters,
+            });
+        }
     }
     let root = Arc::new(root);
     let pci_mmio = Arc::new(PciMmio(root.clone()));
@@ -402,6 +497,8 @@ pub fn build(cli: &Cli) -> Result<Vm, VmmError> {
         exit,
         block_counters,
         iommu,
+        vfio_devices,
+        _passthrough: passthrough,
         _memory: mem,
         _vcpus: handles,
         _event_loop: event_loop,
@@ -411,7 +508,7 @@ pub fn build(cli: &Cli) -> Result<Vm, VmmError> {
 /// The DMAR table: one remapping unit whose scope is the I/O APIC and the
 /// devices that opted in with iommu=on (others are not translated).
 fn dmar(cli: &Cli, scope: &std::collections::BTreeSet<u16>) -> Result<Vec<u8>, VmmError> {
-    let intremap = cli.viommu.is_some_and(|c| c.intremap);
+    let intremap = cli.viommu.is_some_and(|c| c.vtd.intremap);
     let scopes = scope
         .iter()
         .map(|&rid| {

@@ -31,13 +31,84 @@ pub struct Cli {
     /// DMA on command, for IOMMU tests). Repeatable.
     #[arg(long, value_name = "SPEC", value_parser = parse_device)]
     pub device: Vec<DeviceConfig>,
+    /// A PCI device passed through with VFIO: PATH[,iommu=on] where PATH is
+    /// its VFIO cdev (/dev/vfio/devices/vfioN) or its sysfs directory; the
+    /// device must be bound to vfio-pci. iommu=on puts it behind the vIOMMU.
+    /// Repeatable.
+    #[arg(long, value_name = "SPEC", value_parser = parse_vfio)]
+    pub vfio: Vec<VfioConfig>,
     /// An emulated IOMMU: intel[,scalable=on|off][,first-stage=on|off]
     /// [,caching-mode=on|off][,intremap=on|off][,aw-bits=39|48|57][,pasid-bits=N]
+    /// [,nested=auto|on|off]
     #[arg(long, value_name = "SPEC", value_parser = parse_viommu)]
-    pub viommu: Option<VtdConfig>,
+    pub viommu: Option<ViommuConfig>,
     /// Print device and IOMMU counters to stderr when the VMM exits.
     #[arg(long)]
     pub counters: bool,
+}
+
+/// How passthrough devices behind the vIOMMU get their translations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Nesting {
+    /// Nested hardware page tables where the host offers them, else shadow.
+    #[default]
+    Auto,
+    /// Nested page tables or a one-line error.
+    On,
+    /// Always shadow (caching mode).
+    Off,
+}
+
+/// `--viommu`: the model's configuration plus what only the VMM decides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ViommuConfig {
+    pub vtd: VtdConfig,
+    pub nested: Nesting,
+    /// first-stage= and caching-mode= as given (None: default), because a
+    /// passthrough device on a host without nesting changes the defaults
+    /// but must not silently override an explicit choice.
+    pub first_stage_given: Option<bool>,
+    pub caching_mode_given: Option<bool>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VfioConfig {
+    pub path: PathBuf,
+    pub iommu: bool,
+    /// Test-only: replaces the PASID width the host IOMMU reports for the
+    /// device (x-pasid-width=N), to check the synthesized PASID capability
+    /// with devices that have none. Never needed in production.
+    pub test_pasid_width: Option<u8>,
+}
+
+/// Parses `PATH[,iommu=on|off][,x-pasid-width=N]`.
+pub fn parse_vfio(s: &str) -> Result<VfioConfig, String> {
+    let mut parts = s.split(',');
+    let path = match parts.next() {
+        Some(p) if !p.is_empty() && !p.contains('=') => PathBuf::from(p),
+        Some(p) if p.starts_with("path=") && p.len() > 5 => PathBuf::from(&p[5..]),
+        _ => return Err("vfio spec needs a device path first (PATH[,iommu=on])".into()),
+    };
+    let mut c = VfioConfig {
+        path,
+        iommu: false,
+        test_pasid_width: None,
+    };
+    for part in parts {
+        match part.split_once('=') {
+            Some(("iommu", v)) => c.iommu = parse_on_off("iommu", v)?,
+            Some(("x-pasid-width", v)) => {
+                let n: u8 = v
+                    .parse()
+                    .ok()
+                    .filter(|n| *n <= 20)
+                    .ok_or_else(|| format!("x-pasid-width={v}: expected 0-20"))?;
+                c.test_pasid_width = Some(n);
+            }
+            _ => return Err(format!("unknown vfio option '{part}'")),
+        }
+    }
+    Ok(c)
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -149,7 +220,7 @@ pub fn parse_device(s: &str) -> Result<DeviceConfig, String> {
 }
 
 /// Parses `intel[,key=value]...`.
-pub fn parse_viommu(s: &str) -> Result<VtdConfig, String> {
+pub fn parse_viommu(s: &str) -> Result<ViommuConfig, String> {
     let mut parts = s.split(',');
     match parts.next() {
         Some("intel") => {}
@@ -157,7 +228,9 @@ pub fn parse_viommu(s: &str) -> Result<VtdConfig, String> {
         None => return Err("empty IOMMU spec".into()),
     }
     let mut c = VtdConfig::default();
-    let mut first_stage_given = false;
+    let mut first_stage_given = None;
+    let mut caching_mode_given = None;
+    let mut nested = Nesting::Auto;
     for part in parts {
         let (k, v) = part
             .split_once('=')
@@ -166,9 +239,20 @@ pub fn parse_viommu(s: &str) -> Result<VtdConfig, String> {
             "scalable" => c.scalable = parse_on_off(k, v)?,
             "first-stage" => {
                 c.first_stage = parse_on_off(k, v)?;
-                first_stage_given = true;
+                first_stage_given = Some(c.first_stage);
             }
-            "caching-mode" => c.caching_mode = parse_on_off(k, v)?,
+            "caching-mode" => {
+                c.caching_mode = parse_on_off(k, v)?;
+                caching_mode_given = Some(c.caching_mode);
+            }
+            "nested" => {
+                nested = match v {
+                    "auto" => Nesting::Auto,
+                    "on" => Nesting::On,
+                    "off" => Nesting::Off,
+                    _ => return Err(format!("nested={v}: expected auto, on or off")),
+                }
+            }
             "intremap" => c.intremap = parse_on_off(k, v)?,
             "aw-bits" => {
                 c.aw_bits = v
@@ -185,11 +269,16 @@ pub fn parse_viommu(s: &str) -> Result<VtdConfig, String> {
     }
     // Legacy mode has no first stage: the default follows scalable, an
     // explicit first-stage=on with scalable=off is a contradiction.
-    if !c.scalable && !first_stage_given {
+    if !c.scalable && first_stage_given.is_none() {
         c.first_stage = false;
     }
     c.validate().map_err(|e| e.to_string())?;
-    Ok(c)
+    Ok(ViommuConfig {
+        vtd: c,
+        nested,
+        first_stage_given,
+        caching_mode_given,
+    })
 }
 
 #[cfg(test)]
@@ -252,14 +341,42 @@ mod tests {
     }
 
     #[test]
+    fn vfio_specs() {
+        let c = parse_vfio("/dev/vfio/devices/vfio0").unwrap();
+        assert_eq!(c.path, PathBuf::from("/dev/vfio/devices/vfio0"));
+        assert!(!c.iommu && c.test_pasid_width.is_none());
+        let c = parse_vfio("/sys/bus/pci/devices/0000:00:10.0,iommu=on,x-pasid-width=8").unwrap();
+        assert!(c.iommu);
+        assert_eq!(c.test_pasid_width, Some(8));
+        assert_eq!(
+            parse_vfio("path=/dev/x").unwrap().path,
+            PathBuf::from("/dev/x")
+        );
+        assert!(parse_vfio("").is_err());
+        assert!(parse_vfio("iommu=on").is_err());
+        assert!(parse_vfio("/dev/x,iommu=yes").is_err());
+        assert!(parse_vfio("/dev/x,x-pasid-width=21").is_err());
+        assert!(parse_vfio("/dev/x,bogus=1").is_err());
+    }
+
+    #[test]
     fn viommu_specs() {
-        let c = parse_viommu("intel").unwrap();
+        let v = parse_viommu("intel").unwrap();
+        assert_eq!(v.nested, Nesting::Auto);
+        assert_eq!((v.first_stage_given, v.caching_mode_given), (None, None));
+        let c = v.vtd;
         assert_eq!(c, VtdConfig::default());
         assert!(c.scalable && c.first_stage && c.intremap && !c.caching_mode);
         assert_eq!((c.aw_bits, c.pasid_bits), (48, 0));
-        let c = parse_viommu("intel,scalable=off").unwrap();
+        let c = parse_viommu("intel,scalable=off").unwrap().vtd;
         assert!(!c.scalable && !c.first_stage);
-        let c = parse_viommu("intel,caching-mode=on,aw-bits=39,pasid-bits=20").unwrap();
+        let v = parse_viommu("intel,first-stage=on,nested=off").unwrap();
+        assert_eq!((v.first_stage_given, v.nested), (Some(true), Nesting::Off));
+        assert_eq!(parse_viommu("intel,nested=on").unwrap().nested, Nesting::On);
+        assert!(parse_viommu("intel,nested=maybe").is_err());
+        let c = parse_viommu("intel,caching-mode=on,aw-bits=39,pasid-bits=20")
+            .unwrap()
+            .vtd;
         assert!(c.caching_mode);
         assert_eq!((c.aw_bits, c.pasid_bits), (39, 20));
         assert!(parse_viommu("intel,scalable=off,first-stage=on").is_err());

@@ -41,6 +41,28 @@ fn set_lvt(regs: &mut [std::os::raw::c_char], offset: usize, mode: u32) {
 }
 
 impl Vcpu {
+    /// The registers at a triple fault, for post-mortems of guest resets.
+    fn log_state(&self) {
+        if let (Ok(r), Ok(s)) = (self.fd.get_regs(), self.fd.get_sregs()) {
+            log::warn!(
+                "vCPU {}: rip={:#x} rsp={:#x} rflags={:#x} cr0={:#x} cr2={:#x} cr3={:#x} \
+                 cr4={:#x} efer={:#x} cs={:#x} idt={:#x}+{:#x}",
+                self.id,
+                r.rip,
+                r.rsp,
+                r.rflags,
+                s.cr0,
+                s.cr2,
+                s.cr3,
+                s.cr4,
+                s.efer,
+                s.cs.selector,
+                s.idt.base,
+                s.idt.limit
+            );
+        }
+    }
+
     /// Prepares vCPU `id`: CPUID, MSRs, LAPIC LINT pins, and for the boot
     /// vCPU the long-mode registers at the kernel's 64-bit entry point.
     #[allow(clippy::too_many_arguments)]
@@ -117,6 +139,7 @@ impl Vcpu {
                 Ok(VcpuExit::Shutdown) => {
                     // A triple fault: the machine resets.
                     log::warn!("vCPU {}: triple fault, resetting", self.id);
+                    self.log_state();
                     self.exit.request(ExitReason::Reset);
                     return;
                 }

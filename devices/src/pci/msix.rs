@@ -91,6 +91,18 @@ impl Msix {
         self.enabled
     }
 
+    /// The eventfd that injects vector `i` (for a device that signals
+    /// interrupts itself, e.g. through VFIO).
+    pub fn irqfd(&self, i: u16) -> Option<&EventFd> {
+        self.vectors.get(i as usize).map(|v| &v.irqfd)
+    }
+
+    /// Whether vector `i` would be delivered now: MSI-X on, the function
+    /// and the entry unmasked.
+    pub fn is_deliverable(&self, i: u16) -> bool {
+        (i as usize) < self.entries.len() && self.deliverable(i as usize)
+    }
+
     /// Applies a write of the MSI-X Message Control register.
     pub fn set_control(&mut self, control: u16) {
         self.enabled = control & MSIX_ENABLE != 0;
@@ -107,6 +119,7 @@ impl Msix {
 
     fn update_route(&self, i: usize) {
         let msg = self.deliverable(i).then(|| self.entries[i].message());
+        log::trace!("MSI-X vector {i}: route {msg:x?}");
         if let Err(e) = self
             .router
             .set_route(self.vectors[i].gsi, self.requester_id, msg)

@@ -25,6 +25,12 @@ pub struct Counters {
     pub fault_reasons: [AtomicU64; 256],
     pub invalidation_waits: AtomicU64,
     pub queue_errors: AtomicU64,
+    /// Passthrough endpoints: host syncs after guest invalidation batches,
+    /// shadow map/unmap requests the model made, and host errors.
+    pub host_syncs: AtomicU64,
+    pub host_map_calls: AtomicU64,
+    pub host_unmap_calls: AtomicU64,
+    pub host_errors: AtomicU64,
 }
 
 /// Names of the invalidation counters' slots.
@@ -59,6 +65,10 @@ impl Default for Counters {
             fault_reasons: std::array::from_fn(|_| AtomicU64::new(0)),
             invalidation_waits: AtomicU64::new(0),
             queue_errors: AtomicU64::new(0),
+            host_syncs: AtomicU64::new(0),
+            host_map_calls: AtomicU64::new(0),
+            host_unmap_calls: AtomicU64::new(0),
+            host_errors: AtomicU64::new(0),
         }
     }
 }
@@ -87,6 +97,14 @@ impl Counters {
             self.interrupts_remapped.load(Relaxed),
             self.invalidation_waits.load(Relaxed),
             self.queue_errors.load(Relaxed),
+        );
+        let _ = write!(
+            s,
+            " host_syncs={} host_map_calls={} host_unmap_calls={} host_errors={}",
+            self.host_syncs.load(Relaxed),
+            self.host_map_calls.load(Relaxed),
+            self.host_unmap_calls.load(Relaxed),
+            self.host_errors.load(Relaxed),
         );
         for (i, name) in INVALIDATION_NAMES.iter().enumerate() {
             let _ = write!(s, " inv_{name}={}", self.invalidations[i].load(Relaxed));

@@ -15,6 +15,7 @@ pub mod interrupt_remap;
 pub mod invalidation_queue;
 pub mod iotlb;
 pub mod pasid;
+pub mod passthrough;
 pub mod regs;
 pub mod root_table;
 pub mod second_stage;
@@ -22,6 +23,7 @@ pub mod translation;
 mod unit;
 
 pub use counters::Counters;
+pub use passthrough::PassthroughMode;
 pub use regs::Features;
 pub use unit::{IntelIommu, InterruptSink, VtdConfig, VtdConfigError, HOST_ADDRESS_WIDTH};
 #[cfg(test)]

@@ -2246,3 +2246,173 @@ fn qi_wait_drains_dma_that_started_before_it() {
     });
     assert_eq!(r.get(STATUS) as u32, 1);
 }
+
+// --- passthrough endpoints (host IOMMU following the guest) ---------------
+
+mod passthrough {
+    use super::*;
+    use crate::host::{
+        HostAttachment, HostCapabilities, HostIommu, HostIommuError, HostMapping, HostPerm,
+    };
+    use crate::intel::PassthroughMode;
+
+    #[derive(Debug, Clone, PartialEq)]
+    enum Call {
+        Attach(HostAttachment),
+        Map(u64, u64, u64, HostPerm),
+        Unmap(u64, u64),
+    }
+
+    /// Records what the unit asks of the host.
+    #[derive(Default)]
+    struct FakeHost {
+        calls: Mutex<Vec<Call>>,
+    }
+
+    impl FakeHost {
+        fn take(&self) -> Vec<Call> {
+            std::mem::take(&mut *self.calls.lock().unwrap())
+        }
+    }
+
+    impl HostIommu for FakeHost {
+        fn requester_id(&self) -> u16 {
+            SID
+        }
+        fn capabilities(&self) -> HostCapabilities {
+            HostCapabilities::default()
+        }
+        fn attach(&self, to: HostAttachment) -> Result<(), HostIommuError> {
+            self.calls.lock().unwrap().push(Call::Attach(to));
+            Ok(())
+        }
+        fn shadow_map(&self, m: &[HostMapping]) -> Result<(), HostIommuError> {
+            let mut c = self.calls.lock().unwrap();
+            for m in m {
+                c.push(Call::Map(m.iova, m.gpa, m.len, m.perm));
+            }
+            Ok(())
+        }
+        fn shadow_unmap(&self, iova: u64, len: u64) -> Result<(), HostIommuError> {
+            self.calls.lock().unwrap().push(Call::Unmap(iova, len));
+            Ok(())
+        }
+    }
+
+    const WO: HostPerm = HostPerm {
+        read: false,
+        write: true,
+    };
+
+    fn mode(r: &Rig) -> Option<PassthroughMode> {
+        r.u.passthrough_modes()[0].1
+    }
+
+    #[test]
+    fn shadow_follows_second_stage_invalidations() {
+        let mut cfg = Rig::legacy_cfg(48);
+        cfg.caching_mode = true;
+        let r = Rig::new(cfg);
+        let sl = r.alloc();
+        r.put(ROOT, CTX | 1);
+        r.put(CTX + DEVFN * 16, sl | 1);
+        r.put(CTX + DEVFN * 16 + 8, aw(4) | DID << 8);
+        r.map_sl(sl, 4, 0x5000, DATA, R | W);
+        r.map_sl(sl, 4, 0x6000, DATA + 0x1000, R | W);
+        r.map_sl(sl, 4, 0x7000, DATA + 0x3000, W);
+        let host = Arc::new(FakeHost::default());
+        r.u.add_host_endpoint(host.clone());
+        // Translation is off: guest RAM, IOVA = GPA.
+        assert_eq!(host.take(), vec![Call::Attach(HostAttachment::Bypass)]);
+        assert_eq!(mode(&r), Some(PassthroughMode::Bypass));
+
+        r.set_root(ROOT);
+        r.cmd(GCMD_TE);
+        // The whole table is mirrored before the device moves to it;
+        // contiguous pages with the same rights are one mapping.
+        assert_eq!(
+            host.take(),
+            vec![
+                Call::Map(0x5000, DATA, 0x2000, HostPerm::RW),
+                Call::Map(0x7000, DATA + 0x3000, 0x1000, WO),
+                Call::Attach(HostAttachment::Shadow),
+            ]
+        );
+        assert_eq!(mode(&r), Some(PassthroughMode::Shadow));
+        assert_eq!(r.u.shadow_live_bytes(), 0x3000);
+
+        // The guest unmaps a page and invalidates it: the host area is
+        // replaced by what remains.
+        r.qi_enable(false);
+        host.take();
+        let slot = r.leaf_slot(sl, 4, 0x6000);
+        r.put(slot, 0);
+        r.submit(&[d_iotlb(3, DID, 0x6000, 0), d_wait(false, Some((STATUS, 1)))]);
+        assert_eq!(
+            host.take(),
+            vec![
+                Call::Unmap(0x5000, 0x2000),
+                Call::Map(0x5000, DATA, 0x1000, HostPerm::RW)
+            ]
+        );
+        // Caching mode: a new map is invalidated too, and appears.
+        r.map_sl(sl, 4, 0x9000, DATA + 0x8000, R);
+        r.submit(&[d_iotlb(3, DID, 0x9000, 0), d_wait(false, Some((STATUS, 1)))]);
+        assert_eq!(
+            host.take(),
+            vec![Call::Map(0x9000, DATA + 0x8000, 0x1000, HostPerm::RO)]
+        );
+        // An invalidation of another domain changes nothing.
+        r.put(r.leaf_slot(sl, 4, 0x9000), 0);
+        r.submit(&[
+            d_iotlb(3, DID + 1, 0x9000, 0),
+            d_wait(false, Some((STATUS, 1))),
+        ]);
+        assert_eq!(host.take(), vec![]);
+        // A domain-selective one does.
+        r.submit(&[d_iotlb(2, DID, 0, 0), d_wait(false, Some((STATUS, 1)))]);
+        assert_eq!(host.take(), vec![Call::Unmap(0x9000, 0x1000)]);
+
+        // Pass-through context: the shadow empties, the device goes to
+        // guest RAM.
+        r.put(CTX + DEVFN * 16, 1 | 2 << 2);
+        r.submit(&[d_cc(1, 0, 0, 0), d_wait(false, Some((STATUS, 1)))]);
+        let calls = host.take();
+        assert_eq!(calls.last(), Some(&Call::Attach(HostAttachment::Bypass)));
+        assert_eq!(r.u.shadow_live_bytes(), 0);
+        assert_eq!(mode(&r), Some(PassthroughMode::Bypass));
+
+        // No context at all: blocked (the empty shadow space).
+        r.put(CTX + DEVFN * 16, 0);
+        r.submit(&[d_cc(1, 0, 0, 0), d_wait(false, Some((STATUS, 1)))]);
+        assert_eq!(host.take(), vec![Call::Attach(HostAttachment::Shadow)]);
+        assert_eq!(mode(&r), Some(PassthroughMode::Blocked));
+        assert!(r.u.counters.host_syncs.load(Relaxed) > 5);
+        assert_eq!(r.u.counters.host_errors.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn register_based_invalidation_syncs_too() {
+        let (r, sl) = legacy_rig();
+        let host = Arc::new(FakeHost::default());
+        r.u.add_host_endpoint(host.clone());
+        assert_eq!(mode(&r), Some(PassthroughMode::Shadow));
+        host.take();
+        r.map_sl(sl, 4, 0x20_0000, DATA + 0x10_0000, R | W);
+        // IOTLB register, domain-selective.
+        r.w64(IOTLB, IOTLB_IVT | 2 << 60 | DID << 32);
+        assert_eq!(
+            host.take(),
+            vec![Call::Map(0x20_0000, DATA + 0x10_0000, 0x1000, HostPerm::RW)]
+        );
+    }
+
+    #[test]
+    fn first_stage_tables_block_the_device() {
+        let (r, _) = fs_rig();
+        let host = Arc::new(FakeHost::default());
+        r.u.add_host_endpoint(host.clone());
+        assert_eq!(mode(&r), Some(PassthroughMode::Blocked));
+        assert_eq!(host.take(), vec![Call::Attach(HostAttachment::Shadow)]);
+    }
+}

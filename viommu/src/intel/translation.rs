@@ -374,3 +374,96 @@ fn check_scalable_perms(
     }
     Ok(())
 }
+
+/// What requests without PASID from one device go through, as far as a
+/// host IOMMU that must reproduce it cares (passthrough devices).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceDomain {
+    /// Untranslated: translation disabled, or pass-through for the device.
+    Identity,
+    /// The guest's second-stage table, which a host without nesting can
+    /// shadow (domain `did`).
+    SecondStage { did: u16, table: SlTable },
+    /// First-stage or nested tables for RID_PASID: a host without nesting
+    /// cannot follow them (no invalidation announces a first-stage map).
+    FirstStage { did: u16 },
+    /// No valid root, context or PASID entry: every request faults.
+    Blocked,
+}
+
+/// Resolves the domain of requester `sid` without recording faults (the
+/// device's own requests will fault, and be recorded, when they happen).
+pub fn device_domain(
+    mem: &GuestMemoryMmap,
+    c: &WalkConfig,
+    caches: &mut Caches,
+    sid: u16,
+) -> DeviceDomain {
+    if !c.enabled {
+        return DeviceDomain::Identity;
+    }
+    if c.ttm_invalid {
+        return DeviceDomain::Blocked;
+    }
+    let req = Request {
+        sid,
+        pasid: None,
+        iova: 0,
+        write: false,
+        privileged: false,
+        translation_request: false,
+    };
+    let mut ctx = Ctx {
+        req: &req,
+        record: false,
+    };
+    if !c.scalable_tables {
+        return match legacy_context(mem, c, caches, &mut ctx) {
+            Ok(CachedContext::Legacy(lc)) => match lc.tt {
+                TranslationType::PassThrough => DeviceDomain::Identity,
+                TranslationType::Translated { levels, slptptr } => DeviceDomain::SecondStage {
+                    did: lc.did,
+                    table: sl_table(c, slptptr, levels),
+                },
+            },
+            _ => DeviceDomain::Blocked,
+        };
+    }
+    let Ok(CachedContext::Scalable(sc)) = scalable_context(mem, c, caches, &mut ctx) else {
+        return DeviceDomain::Blocked;
+    };
+    let pasid = sc.rid_pasid;
+    if (sc.rid_pasid != 0 && !c.rid_pasid_supported)
+        || pasid as u64 >= sc.pasid_dir_entries as u64 * 64
+    {
+        return DeviceDomain::Blocked;
+    }
+    let pe = match caches.pasid(sid, pasid) {
+        Some(e) => e,
+        None => {
+            let caps = PasidCaps {
+                haw: c.haw,
+                sagaw: c.sagaw,
+                first_stage: c.first_stage,
+                five_level_first_stage: c.five_level_fs,
+                nested: c.nested,
+                pass_through: c.pass_through,
+            };
+            match pasid::lookup(mem, sc.pasid_dir, pasid, &caps) {
+                Ok(e) => {
+                    caches.insert_pasid(sid, pasid, e);
+                    e
+                }
+                Err(_) => return DeviceDomain::Blocked,
+            }
+        }
+    };
+    match pe.pgtt {
+        Pgtt::PassThrough => DeviceDomain::Identity,
+        Pgtt::SecondStage { levels, slptptr } => DeviceDomain::SecondStage {
+            did: pe.did,
+            table: sl_table(c, slptptr, levels),
+        },
+        Pgtt::FirstStage { .. } | Pgtt::Nested { .. } => DeviceDomain::FirstStage { did: pe.did },
+    }
+}

@@ -14,8 +14,10 @@ use super::fault::{Fault, FaultLog, Reason, Recorded};
 use super::interrupt_remap::{self, IrOutcome, IrtConfig, MsiRequest};
 use super::invalidation_queue::{self as iq, Descriptor};
 use super::iotlb::Caches;
+use super::passthrough::{HostDirty, HostEndpoint, PassthroughMode};
 use super::regs::*;
 use super::translation::{self, Request, Resolved, WalkConfig};
+use crate::host::HostIommu;
 use crate::{
     Access, AtsEndpoint, DmaFault, DmaFence, GuestMemoryMmap, PageRequest, Translate, Translation,
 };
@@ -117,6 +119,10 @@ struct State {
     endpoints: HashMap<u16, Weak<dyn AtsEndpoint>>,
     /// Messages to endpoints, delivered once the lock is released.
     to_endpoints: Vec<(Arc<dyn AtsEndpoint>, EndpointMsg)>,
+    /// Passthrough endpoints, whose host IOMMU follows the guest.
+    hosts: Vec<HostEndpoint>,
+    /// What the invalidations since the last host sync touched.
+    host_dirty: HostDirty,
 }
 
 enum EndpointMsg {
@@ -159,6 +165,8 @@ impl IntelIommu {
                 remap_changed: false,
                 endpoints: HashMap::new(),
                 to_endpoints: Vec::new(),
+                hosts: Vec::new(),
+                host_dirty: HostDirty::default(),
             }),
             fence: Arc::new(DmaFence::default()),
             mem,
@@ -255,6 +263,7 @@ impl IntelIommu {
             Self::unmask(&mut st, PECTL, PEDATA, PEADDR, PEUADDR, pectl_before);
         }
         run_queue |= touches(offset, len, IQT, 8);
+        self.sync_hosts(&mut st);
         if run_queue {
             self.drive_queue(st);
         } else {
@@ -267,6 +276,9 @@ impl IntelIommu {
     /// still be using a translation the guest invalidated (§6.5.2.8).
     fn drive_queue<'a>(&'a self, mut st: MutexGuard<'a, State>) {
         while let Some(wait) = self.process_queue(&mut st) {
+            // What the guest invalidated before the wait is in effect on
+            // the host before the wait completes.
+            self.sync_hosts(&mut st);
             self.finish(st);
             self.fence.drain();
             st = self.lock();
@@ -275,6 +287,7 @@ impl IntelIommu {
             let head = st.regs.get64(IQH) & 0x7fff0;
             st.regs.set64(IQH, (head + desc) % size);
         }
+        self.sync_hosts(&mut st);
         self.finish(st);
     }
 
@@ -323,6 +336,7 @@ impl IntelIommu {
         if cmd & GCMD_SRTP != 0 {
             st.rtaddr = st.regs.get64(RTADDR);
             st.caches.clear();
+            st.host_dirty.everything();
             gsts |= GSTS_RTPS;
         }
         if cmd & GCMD_SIRTP != 0 {
@@ -343,6 +357,7 @@ impl IntelIommu {
         };
         if (cmd & GCMD_TE != 0) != (gsts & GSTS_TES != 0) {
             st.caches.clear();
+            st.host_dirty.everything();
         }
         set(&mut gsts, GSTS_TES, cmd & GCMD_TE != 0);
         let qie = cmd & GCMD_QIE != 0;
@@ -378,6 +393,7 @@ impl IntelIommu {
                 .flush_context_device((v >> 16) as u16, ((v >> 32) & 3) as u8),
             _ => {}
         }
+        st.host_dirty.everything();
         self.counters.invalidations[0].fetch_add(1, Relaxed);
         // Done: ICC clears and CAIG reports the granularity performed.
         let caig = if cirg == 0 { 0 } else { cirg };
@@ -398,6 +414,7 @@ impl IntelIommu {
                 .flush_iotlb_pages(did, None, iva & !0xfff, (iva & 0x3f) as u8),
             _ => {}
         }
+        Self::iotlb_dirty(st, iirg, did, iva & !0xfff, (iva & 0x3f) as u8);
         self.counters.invalidations[10].fetch_add(1, Relaxed);
         st.regs
             .set64(IOTLB, (v & !IOTLB_IVT & !(3 << 57)) | (iirg << 57));
@@ -483,6 +500,7 @@ impl IntelIommu {
                     2 => st.caches.flush_context_domain(did),
                     _ => st.caches.flush_context_device(sid, fm),
                 }
+                st.host_dirty.everything();
                 1
             }
             Descriptor::Iotlb {
@@ -497,6 +515,7 @@ impl IntelIommu {
                     2 => st.caches.flush_iotlb_domain(did),
                     _ => st.caches.flush_iotlb_pages(did, None, addr, am),
                 }
+                Self::iotlb_dirty(st, granularity as u64, did, addr, am);
                 2
             }
             Descriptor::DeviceTlb { sid, .. } => {
@@ -543,6 +562,7 @@ impl IntelIommu {
                     2 => st.caches.flush_iotlb_pasid(did, pasid),
                     _ => st.caches.flush_iotlb_pages(did, Some(pasid), addr, am),
                 }
+                Self::iotlb_dirty(st, if granularity == 2 { 2 } else { 3 }, did, addr, am);
                 6
             }
             Descriptor::PasidCache {
@@ -555,6 +575,7 @@ impl IntelIommu {
                     1 => st.caches.flush_pasid_selective(did, pasid),
                     _ => st.caches.flush_pasid_all(),
                 }
+                st.host_dirty.everything();
                 7
             }
             Descriptor::PasidDeviceTlb { sid, pasid, .. } => {
@@ -776,6 +797,73 @@ impl IntelIommu {
         };
         self.finish(st);
         out
+    }
+
+    /// Puts a passthrough endpoint behind the unit: from now on its host
+    /// IOMMU follows what the guest programs for `host.requester_id()`.
+    pub fn add_host_endpoint(&self, host: Arc<dyn HostIommu>) {
+        let mut st = self.lock();
+        st.hosts.push(HostEndpoint::new(host));
+        st.host_dirty.everything();
+        self.sync_hosts(&mut st);
+        self.finish(st);
+    }
+
+    /// The path each passthrough endpoint is on, by requester ID, and how
+    /// often it entered each path (indexed by `PassthroughMode as usize`).
+    pub fn passthrough_modes(&self) -> Vec<(u16, Option<PassthroughMode>, [u64; 3])> {
+        let st = self.lock();
+        st.hosts
+            .iter()
+            .map(|h| (h.host.requester_id(), h.mode, h.entered))
+            .collect()
+    }
+
+    /// Bytes the shadow spaces map right now.
+    pub fn shadow_live_bytes(&self) -> u64 {
+        let st = self.lock();
+        st.hosts.iter().map(|h| h.shadow.live_bytes()).sum()
+    }
+
+    /// Records an IOTLB invalidation of granularity `g` (1 global, 2
+    /// domain, 3 pages: 2^am pages at addr) for the passthrough endpoints.
+    fn iotlb_dirty(st: &mut State, g: u64, did: u16, addr: u64, am: u8) {
+        if st.hosts.is_empty() {
+            return;
+        }
+        match g {
+            1 => st.host_dirty.everything(),
+            2 => st.host_dirty.domain(did),
+            _ => {
+                let span = 4096u64.checked_shl(am.min(52) as u32).unwrap_or(u64::MAX);
+                let start = addr & !(span - 1);
+                st.host_dirty
+                    .range(Some(did), start, start.saturating_add(span));
+            }
+        }
+    }
+
+    /// Replays what the guest invalidated on the passthrough endpoints'
+    /// host IOMMU (under the unit's lock, so the next guest change waits).
+    fn sync_hosts(&self, st: &mut State) {
+        if st.hosts.is_empty() || st.host_dirty.is_empty() {
+            return;
+        }
+        let dirty = std::mem::take(&mut st.host_dirty);
+        let cfg = Self::walk_config(st);
+        let State { hosts, caches, .. } = st;
+        for h in hosts.iter_mut() {
+            let domain = translation::device_domain(&self.mem, &cfg, caches, h.host.requester_id());
+            let stats = h.sync(&self.mem, domain, &dirty);
+            self.counters.host_syncs.fetch_add(1, Relaxed);
+            self.counters
+                .host_map_calls
+                .fetch_add(stats.map_calls, Relaxed);
+            self.counters
+                .host_unmap_calls
+                .fetch_add(stats.unmap_calls, Relaxed);
+            self.counters.host_errors.fetch_add(stats.errors, Relaxed);
+        }
     }
 
     /// Whether interrupt remapping is on (routes must go through it).

@@ -1,0 +1,95 @@
+//! The seam between the emulated IOMMU model and the host IOMMU that really
+//! translates for a passthrough (VFIO) device.
+//!
+//! The model decides *what* a passthrough endpoint may reach (bypass, the
+//! guest's own tables, nothing); a [`HostIommu`] backend makes the host's
+//! IOMMU do it. The model never knows which backend it talks to: the real
+//! one is iommufd (IOAS for bypass and shadow, nested HWPTs where the host
+//! supports nesting), unit tests use a recording fake.
+
+use thiserror::Error;
+
+/// Access rights of a host mapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct HostPerm {
+    pub read: bool,
+    pub write: bool,
+}
+
+impl HostPerm {
+    pub const RW: HostPerm = HostPerm {
+        read: true,
+        write: true,
+    };
+    pub const RO: HostPerm = HostPerm {
+        read: true,
+        write: false,
+    };
+}
+
+/// One mapping the model wants the host to install: `len` bytes of IOVA at
+/// `iova` onto guest-physical `gpa`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostMapping {
+    pub iova: u64,
+    pub gpa: u64,
+    pub len: u64,
+    pub perm: HostPerm,
+}
+
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum HostIommuError {
+    /// The guest-physical range is not guest RAM (or crosses a RAM region
+    /// boundary), so it has no host address to map.
+    #[error("guest-physical range {gpa:#x}+{len:#x} is not guest RAM")]
+    NotRam { gpa: u64, len: u64 },
+    /// The host IOMMU refused an operation.
+    #[error("host IOMMU: {op} failed: {reason}")]
+    Host { op: &'static str, reason: String },
+    /// The host lacks the capability asked for (e.g. nesting).
+    #[error("host IOMMU does not support {0}")]
+    Unsupported(&'static str),
+}
+
+/// Which address space a passthrough endpoint's requests without PASID go
+/// through on the host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostAttachment {
+    /// IOVA = GPA over all guest RAM (guest IOMMU off, or pass-through for
+    /// this device).
+    Bypass,
+    /// The endpoint's shadow address space, which mirrors the guest's
+    /// second-stage tables (caching mode on a host without nesting).
+    /// An empty shadow space blocks all DMA.
+    Shadow,
+}
+
+/// What the host IOMMU offers a passthrough endpoint.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostCapabilities {
+    /// A NEST_PARENT page table could be allocated for the device: the host
+    /// can install guest stage-1 tables as nested page tables.
+    pub nesting: bool,
+    /// Width of the device's PASIDs as the host reports them (0: none).
+    pub max_pasid_log2: u8,
+}
+
+/// The host side of one passthrough endpoint.
+///
+/// Calls come from the model with its lock held, in the order the guest's
+/// invalidations require: when a call returns, the host translates as asked
+/// (so a guest's invalidation wait may complete).
+pub trait HostIommu: Send + Sync {
+    /// The PCI requester ID the guest sees for this endpoint.
+    fn requester_id(&self) -> u16;
+    fn capabilities(&self) -> HostCapabilities;
+    /// Moves the endpoint to `to` (a no-op when already there).
+    fn attach(&self, to: HostAttachment) -> Result<(), HostIommuError>;
+    /// Installs mappings in the shadow address space. Each mapping covers
+    /// guest RAM only and does not overlap a live one.
+    fn shadow_map(&self, mappings: &[HostMapping]) -> Result<(), HostIommuError>;
+    /// Removes `[iova, iova + len)` from the shadow address space. The range
+    /// covers whole mappings previously installed by `shadow_map` (the
+    /// host cannot split them).
+    fn shadow_unmap(&self, iova: u64, len: u64) -> Result<(), HostIommuError>;
+}

@@ -1,0 +1,186 @@
+//! Passthrough devices (`--vfio`): opening them on iommufd, choosing how
+//! the vIOMMU reaches them (bypass, shadow, nested), and plugging them in.
+//!
+//! Order matters: the devices are opened before the vIOMMU is created,
+//! because whether the host can nest decides the vIOMMU's capabilities
+//! (a host without nesting needs Caching Mode and no first stage).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use devices::vfio::{open_device, VfioDevice};
+use log::info;
+use viommu::host::HostCapabilities;
+use viommu::host_iommufd::{DeviceAttach, GuestRamIoas};
+use viommu::intel::VtdConfig;
+use viommu::iommufd::{HwInfo, Iommufd};
+use viommu::GuestMemoryMmap;
+
+use crate::config::{Nesting, VfioConfig, ViommuConfig};
+use crate::VmmError;
+
+/// A device bound to iommufd and attached to guest RAM, not yet on the bus.
+pub struct OpenedDevice {
+    pub config: VfioConfig,
+    pub device: Arc<VfioDevice>,
+    pub hw_info: HwInfo,
+    /// The host can allocate a NEST_PARENT page table for it.
+    pub nesting: bool,
+}
+
+impl OpenedDevice {
+    pub fn capabilities(&self) -> HostCapabilities {
+        HostCapabilities {
+            nesting: self.nesting,
+            max_pasid_log2: self.pasid_width(),
+        }
+    }
+
+    /// The PASID width the host reports, or the test-only override.
+    pub fn pasid_width(&self) -> u8 {
+        self.config
+            .test_pasid_width
+            .unwrap_or(self.hw_info.max_pasid_log2)
+    }
+}
+
+/// The iommufd and the guest-RAM IOAS every passthrough device starts on.
+pub struct Passthrough {
+    pub guest_ram: GuestRamIoas,
+    pub devices: Vec<OpenedDevice>,
+}
+
+/// Opens every `--vfio` device; None when there are none.
+pub fn open_all(
+    configs: &[VfioConfig],
+    mem: &GuestMemoryMmap,
+) -> Result<Option<Passthrough>, VmmError> {
+    if configs.is_empty() {
+        return Ok(None);
+    }
+    for c in configs {
+        if !Path::new(&c.path).exists() {
+            return Err(VmmError::Input(format!(
+                "--vfio {}: no such device",
+                c.path.display()
+            )));
+        }
+    }
+    let iommufd =
+        Arc::new(Iommufd::open().map_err(|e| VmmError::Input(format!("--vfio: /dev/iommu: {e}")))?);
+    let guest_ram = GuestRamIoas::new(iommufd.clone(), mem)
+        .map_err(|e| VmmError::Setup(format!("mapping guest RAM for passthrough: {e}")))?;
+    let mut devices = Vec::new();
+    for c in configs {
+        let device = open_device(&c.path, iommufd.raw().clone(), guest_ram.raw_ioas())
+            .map_err(|e| VmmError::Input(format!("--vfio {}: {e}", c.path.display())))?;
+        let dev_id = device.iommufd_dev_id().ok_or_else(|| {
+            VmmError::Setup(format!("--vfio {}: not bound to iommufd", c.path.display()))
+        })?;
+        let hw_info = iommufd.hw_info(dev_id).map_err(|e| {
+            VmmError::Setup(format!(
+                "--vfio {}: IOMMU_GET_HW_INFO: {e}",
+                c.path.display()
+            ))
+        })?;
+        let nesting = iommufd.probe_nesting(dev_id, guest_ram.id()).map_err(|e| {
+            VmmError::Setup(format!("--vfio {}: nesting probe: {e}", c.path.display()))
+        })?;
+        info!(
+            "vfio {}: iommufd dev {dev_id}, host IOMMU type {}, max PASID width {}, \
+             capabilities {:#x}, nesting {}",
+            c.path.display(),
+            hw_info.data_type,
+            hw_info.max_pasid_log2,
+            hw_info.capabilities,
+            if nesting { "yes" } else { "no" }
+        );
+        devices.push(OpenedDevice {
+            config: c.clone(),
+            device: Arc::new(device),
+            hw_info,
+            nesting,
+        });
+    }
+    Ok(Some(Passthrough { guest_ram, devices }))
+}
+
+/// The vIOMMU configuration once the passthrough devices behind it are
+/// known. A host without nesting gets the shadow path: Caching Mode (the
+/// guest then reports maps as well as unmaps) and no first stage (Caching
+/// Mode announces no first-stage changes, VT-d spec §6.1).
+pub fn viommu_config(
+    cfg: ViommuConfig,
+    passthrough: Option<&Passthrough>,
+) -> Result<VtdConfig, VmmError> {
+    let mut vtd = cfg.vtd;
+    let behind: Vec<&OpenedDevice> = passthrough
+        .map(|p| p.devices.iter().filter(|d| d.config.iommu).collect())
+        .unwrap_or_default();
+    if behind.is_empty() {
+        return Ok(vtd);
+    }
+    let all_nest = behind.iter().all(|d| d.nesting);
+    match cfg.nested {
+        Nesting::On if !all_nest => {
+            let d = behind
+                .iter()
+                .find(|d| !d.nesting)
+                .map(|d| d.config.path.display());
+            return Err(VmmError::Input(format!(
+                "--viommu nested=on: the host IOMMU cannot nest translations for {} \
+                 (NEST_PARENT page tables are not supported)",
+                d.map(|p| p.to_string()).unwrap_or_default()
+            )));
+        }
+        Nesting::On => {
+            return Err(VmmError::Input(
+                "--viommu nested=on: nested page tables for passthrough devices are not \
+                 implemented yet; use nested=auto (shadow) or nested=off"
+                    .into(),
+            ));
+        }
+        Nesting::Auto if all_nest => {
+            info!("vIOMMU: the host can nest; the nested path is not implemented yet, shadowing");
+        }
+        _ => {}
+    }
+    if cfg.first_stage_given == Some(true) {
+        return Err(VmmError::Input(
+            "--viommu first-stage=on cannot be used with a --vfio device behind the vIOMMU on \
+             a host without nested translation (caching mode announces no first-stage maps)"
+                .into(),
+        ));
+    }
+    if cfg.caching_mode_given == Some(false) {
+        return Err(VmmError::Input(
+            "--viommu caching-mode=off cannot be used with a --vfio device behind the vIOMMU \
+             on a host without nested translation (the shadow path needs it)"
+                .into(),
+        ));
+    }
+    if !vtd.caching_mode || vtd.first_stage {
+        info!("vIOMMU: caching mode on, first stage off, to shadow passthrough devices");
+    }
+    vtd.caching_mode = true;
+    vtd.first_stage = false;
+    Ok(vtd)
+}
+
+/// Attaches a VFIO device to an iommufd page table.
+pub struct VfioAttach(pub Arc<VfioDevice>);
+
+impl DeviceAttach for VfioAttach {
+    fn attach(&self, pt_id: u32) -> Result<(), String> {
+        self.0.attach_hwpt(pt_id).map_err(|e| e.to_string())
+    }
+}
+
+/// A passthrough device on the bus, for reset and counters at exit.
+#[derive(Clone)]
+pub struct PassthroughDevice {
+    pub requester_id: u16,
+    pub device: Arc<VfioDevice>,
+    /// Host-side counters when the device is behind the vIOMMU.
+    pub counters: Option<Arc<viommu::host_iommufd::HostCounters>>,
+}
