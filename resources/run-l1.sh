@@ -46,7 +46,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 usage() { echo "usage: $0 [--disk-scratch DIR] [--nvme IMG [--nvme-native IMG]] [--env NAME]... -- COMMAND [ARG...]" >&2; exit 2; }
 
-scratch="" nvme="" nvme_native="" envs=(PATH HOME USER LANG CI RUST_BACKTRACE RUST_LOG)
+scratch="" nvme="" nvme_native="" l1_idle="" envs=(PATH HOME USER LANG CI RUST_BACKTRACE RUST_LOG)
 while [ $# -gt 0 ]; do
     case $1 in
         --disk-scratch) [ $# -ge 2 ] || usage; scratch=$2; shift 2 ;;
@@ -67,6 +67,11 @@ if [ -n "${L1_KERNEL_DIR:-}" ]; then
         { echo "run-l1: no vmlinuz in L1_KERNEL_DIR=$L1_KERNEL_DIR" >&2; exit 125; }
     kdir=$(realpath "$L1_KERNEL_DIR")
     kernel_id=$(sha256sum <"$kdir/vmlinuz")
+    # This kernel idles with MWAIT, which TCG does not emulate as a wait on
+    # the monitored line: a CPU woken only by a store (no IPI) never wakes,
+    # and L1 stalls with "timer wakeup didn't happen". HLT idles are woken
+    # by interrupts.
+    l1_idle="idle=halt"
 else
     kdir=$("$here/guest-kernel.sh" | tail -n1)
     kernel_id=$(cat "$kdir/package")
@@ -110,12 +115,15 @@ vfio_bind() {
     [ -e "$d" ] || return 1
     echo vfio-pci >"$d/driver_override"
     [ -e "$d/driver" ] && echo "$1" >"$d/driver/unbind"
-    echo "$1" >/sys/bus/pci/drivers_probe
-    for i in 1 2 3 4 5 6 7 8 9 10; do
+    c=""
+    for i in $(seq 1 50); do
+        # Probing may still be under way (or not yet started) at boot.
+        [ -e "$d/driver" ] || echo "$1" >/sys/bus/pci/drivers_probe 2>/dev/null
         c=$(ls "$d/vfio-dev" 2>/dev/null) && [ -n "$c" ] && [ -e "/dev/vfio/devices/$c" ] && break
+        c=""
         sleep 0.2
     done
-    [ -n "$c" ] || return 1
+    [ -n "$c" ] || { dmesg | grep -E "$1|vfio" | tail -5; return 1; }
     export VMM_VFIO_NVME=/dev/vfio/devices/$c VMM_VFIO_NVME_SYSFS=$d
 }
 case " $(cat /proc/cmdline) " in *" vmm.nvme=1 "*)
@@ -126,6 +134,7 @@ case " $(cat /proc/cmdline) " in *" vmm.nvme=1 "*)
 esac
 chroot /host /bin/bash "$run/cmd.sh" </dev/null
 rc=$?
+printf "\nL1-CMD-STATUS=%d\n" "$rc"
 sync
 printf "\nL1-EXIT-STATUS=%d\n" "$rc"
 '
@@ -192,7 +201,7 @@ machine=q35 devices=() append=""
 if [ -n "$nvme" ]; then
     # The IOMMU must come before the devices it translates for.
     machine=q35,kernel-irqchip=split
-    devices+=(-device intel-iommu,intremap=on,x-scalable-mode=on
+    devices+=(-device "intel-iommu,${L1_VTD_OPTS:-intremap=on,x-scalable-mode=on}"
               -drive "file=$nvme,if=none,id=nvme0,format=raw,cache=writeback"
               -device "nvme,serial=vmmvfio0,drive=nvme0,addr=0x10")
     if [ -n "$nvme_native" ]; then
@@ -208,12 +217,32 @@ timeout -k 10 "${L1_TIMEOUT:-600}" qemu-system-x86_64 \
     -accel tcg -machine "$machine" -cpu max -m "${L1_MEM:-6144}" -smp "${L1_SMP:-2}" \
     -display none -serial stdio -monitor none -no-reboot -nic none \
     -kernel "$kdir/vmlinuz" -initrd "$initrd" \
-    -append "console=ttyS0 panic=-1 quiet loglevel=3 vmm.run=$run $append ${L1_APPEND:-}" \
-    ${devices[@]+"${devices[@]}"} "${virtfs[@]}" ${L1_QEMU_EXTRA:-} </dev/null | tee "$run/console.log"
+    -append "console=ttyS0 panic=-1 quiet loglevel=3 vmm.run=$run $append $l1_idle ${L1_APPEND:-}" \
+    ${devices[@]+"${devices[@]}"} "${virtfs[@]}" ${L1_QEMU_EXTRA:-} </dev/null |
+    {
+        watch=""
+        while IFS= read -r line; do
+            printf '%s\n' "$line"
+            printf '%s\n' "$line" >>"$run/console.log"
+            # Once the command is done, L1 gets 30 s to sync and power
+            # off; an L1 that hangs after it (seen with timer stalls in L1
+            # under TCG after passthrough runs) is stopped, not waited for.
+            case $line in
+                L1-CMD-STATUS=*)
+                    (sleep 30; pkill -f "vmm.run=$run " || true) </dev/null >/dev/null 2>&1 &
+                    watch=$! ;;
+            esac
+        done
+        [ -z "$watch" ] || kill "$watch" 2>/dev/null || true
+    }
 qemu_rc=${PIPESTATUS[0]}
 set -e
 
 status=$(tr -d '\r' <"$run/console.log" | grep -aE '^L1-EXIT-STATUS=[0-9]+$' | tail -n1 | cut -d= -f2 || true)
+if [ -z "$status" ]; then
+    status=$(tr -d '\r' <"$run/console.log" | grep -aE '^L1-CMD-STATUS=[0-9]+$' | tail -n1 | cut -d= -f2 || true)
+    [ -z "$status" ] || echo "run-l1: WARNING: L1 hung after the command finished; stopped it" >&2
+fi
 if [ -z "$status" ]; then
     if [ "$qemu_rc" = 124 ]; then
         echo "run-l1: timed out after ${L1_TIMEOUT:-600} s" >&2

@@ -63,6 +63,9 @@ else
         echo "WRITE=failed"
     fi
     echo "READ-SHA=$(dd if=/dev/nvme0n1 bs=1M count=64 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)"
+    # A pause with the device idle and translation still on, for a test
+    # that takes the VMM's counters at this point.
+    sleep 2
 fi
 dmesg | grep -iE "DMAR.*fault|fault.*DMAR|iommu.*(error|fail)|nvme.*(error|fail|timeout|abort)" |
     sed 's/^/BAD-DMESG: /'

@@ -64,15 +64,16 @@ fn value(out: &str, key: &str) -> Option<String> {
     })
 }
 
-/// `key=` of the VMM's `counters: <line>` line.
+/// `key=` of the VMM's last `counters: <line>` line in `out`.
 fn counter(out: &str, line: &str, key: &str) -> u64 {
     out.lines()
         .filter(|l| l.contains(&format!("counters: {line}")))
-        .find_map(|l| {
+        .filter_map(|l| {
             l.split_whitespace()
                 .find_map(|w| w.strip_prefix(&format!("{key}=")))
                 .and_then(|v| v.parse().ok())
         })
+        .last()
         .unwrap_or_else(|| panic!("no counter {line} {key}:\n{out}"))
 }
 
@@ -257,10 +258,8 @@ fn passthrough_viommu_guest_pt() {
 fn check_shadow(out: &str) {
     // Right after the I/O, with translation still on, the shadow IOAS holds
     // what the driver keeps mapped (its queues), not the data buffers.
-    let after_io = out
-        .split("vmm: counters-snapshot")
-        .nth(1)
-        .expect("counter snapshot after the I/O");
+    assert!(out.contains("vmm: counters-snapshot"), "{out}");
+    let after_io = section(out, "vmm: counters-snapshot", "GUEST-CHECKS-DONE");
     let live_after_io = counter(after_io, "vfio0", "live_bytes");
     assert!(
         (1..2 << 20).contains(&live_after_io),
