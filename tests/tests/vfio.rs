@@ -67,13 +67,13 @@ fn value(out: &str, key: &str) -> Option<String> {
 /// `key=` of the VMM's last `counters: <line>` line in `out`.
 fn counter(out: &str, line: &str, key: &str) -> u64 {
     out.lines()
+        .rev()
         .filter(|l| l.contains(&format!("counters: {line}")))
-        .filter_map(|l| {
+        .find_map(|l| {
             l.split_whitespace()
                 .find_map(|w| w.strip_prefix(&format!("{key}=")))
                 .and_then(|v| v.parse().ok())
         })
-        .last()
         .unwrap_or_else(|| panic!("no counter {line} {key}:\n{out}"))
 }
 
