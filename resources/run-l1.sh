@@ -25,6 +25,8 @@
 #                       $VMM_VFIO_NVME_SYSFS.
 #   --nvme-native IMG   a second NVMe controller (needs --nvme), left on
 #                       L1's nvme driver: $VMM_NATIVE_NVME_SYSFS.
+#                       L1_VTD_OPTS replaces the VT-d options
+#                       (default intremap=on,x-scalable-mode=on).
 #   --env NAME          forward host variable NAME (repeatable). PATH, HOME,
 #                       USER, LANG, CI, RUST_BACKTRACE and RUST_LOG are
 #                       always forwarded if set; VMM_IN_L1=1 is set.
