@@ -111,13 +111,19 @@ fn passthrough_without_viommu_and_bad_input() {
     let run1 = vmm_command(&dir, "nvme-check.sh", "", &[], "");
     let bad = |name: &str, prefix: &str, spec: &str| {
         format!(
-            "out=$({prefix} {vmm} --kernel {kernel} --vfio {spec} 2>&1 </dev/null); s=$?; \
+            "out=$({prefix} {vmm} --kernel \"$KERNEL\" --vfio {spec} 2>&1 </dev/null); s=$?; \
              echo \"BADINPUT {name} status=$s lines=$(printf '%s\\n' \"$out\" | wc -l) msg=$out\"\n",
             vmm = quote(&vmm),
-            kernel = quote(&kernel),
         )
     };
-    let mut script = String::from("chmod 0666 /dev/kvm\n");
+    // The unprivileged case must fail on the device node itself: KVM,
+    // /dev/iommu and the kernel file are made usable for everyone (L1's
+    // own /dev and /tmp, thrown away with it).
+    let mut script = format!(
+        "chmod 0666 /dev/kvm /dev/iommu; cp {} /tmp/vmlinuz; chmod 0644 /tmp/vmlinuz; \
+         KERNEL=/tmp/vmlinuz\n",
+        quote(&kernel)
+    );
     script += "echo VMM-RUN-1\n";
     script += &format!("{run1} & first=$!\n");
     // The first VMM opens the device at once; a second one must be refused.
@@ -139,6 +145,18 @@ fn passthrough_without_viommu_and_bad_input() {
          mknod /dev/kvm c $((0x${k% *})) $((0x${k#* })); \
          mknod \"$VMM_VFIO_NVME\" c $((0x${v% *})) $((0x${v#* })); exec \"$0\" \"$@\"'",
         "\"$VMM_VFIO_NVME\"",
+    );
+    // What the real host IOMMU offers decides the vIOMMU: QEMU's VT-d in
+    // L1 cannot nest, so nested=on and an explicit first stage are refused.
+    script += &bad(
+        "nested-on",
+        "",
+        "\"$VMM_VFIO_NVME,iommu=on\" --viommu intel,nested=on",
+    );
+    script += &bad(
+        "first-stage-on",
+        "",
+        "\"$VMM_VFIO_NVME,iommu=on\" --viommu intel,first-stage=on",
     );
     script += "echo VMM-RUN-2\n";
     script += &format!("{run1}; echo \"VMM-RUN-2-STATUS=$?\"\n");
@@ -174,7 +192,10 @@ fn passthrough_without_viommu_and_bad_input() {
         ("nonexistent", "no such device"),
         ("not-vfio-pci", "not vfio-pci"),
         ("permission", "ermission denied"),
+        ("permission", "--vfio /dev/vfio/devices/"),
         ("no-iommufd", "/dev/iommu"),
+        ("nested-on", "cannot nest translations"),
+        ("first-stage-on", "first-stage=on cannot be used"),
     ] {
         let line = out
             .lines()

@@ -113,24 +113,36 @@ pub fn viommu_config(
     cfg: ViommuConfig,
     passthrough: Option<&Passthrough>,
 ) -> Result<VtdConfig, VmmError> {
-    let mut vtd = cfg.vtd;
-    let behind: Vec<&OpenedDevice> = passthrough
-        .map(|p| p.devices.iter().filter(|d| d.config.iommu).collect())
+    let behind: Vec<(String, bool)> = passthrough
+        .map(|p| {
+            p.devices
+                .iter()
+                .filter(|d| d.config.iommu)
+                .map(|d| (d.config.path.display().to_string(), d.nesting))
+                .collect()
+        })
         .unwrap_or_default();
+    choose_viommu(cfg, &behind)
+}
+
+/// [`viommu_config`] over (path, host can nest) of each device behind the
+/// vIOMMU.
+fn choose_viommu(cfg: ViommuConfig, behind: &[(String, bool)]) -> Result<VtdConfig, VmmError> {
+    let mut vtd = cfg.vtd;
     if behind.is_empty() {
         return Ok(vtd);
     }
-    let all_nest = behind.iter().all(|d| d.nesting);
+    let all_nest = behind.iter().all(|(_, nest)| *nest);
     match cfg.nested {
         Nesting::On if !all_nest => {
-            let d = behind
+            let path = behind
                 .iter()
-                .find(|d| !d.nesting)
-                .map(|d| d.config.path.display());
+                .find(|(_, nest)| !nest)
+                .map(|(p, _)| p.as_str())
+                .unwrap_or_default();
             return Err(VmmError::Input(format!(
-                "--viommu nested=on: the host IOMMU cannot nest translations for {} \
-                 (NEST_PARENT page tables are not supported)",
-                d.map(|p| p.to_string()).unwrap_or_default()
+                "--viommu nested=on: the host IOMMU cannot nest translations for {path} \
+                 (NEST_PARENT page tables are not supported)"
             )));
         }
         Nesting::On => {
@@ -183,4 +195,57 @@ pub struct PassthroughDevice {
     pub device: Arc<VfioDevice>,
     /// Host-side counters when the device is behind the vIOMMU.
     pub counters: Option<Arc<viommu::host_iommufd::HostCounters>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_viommu;
+
+    fn choose(spec: &str, behind: &[(&str, bool)]) -> Result<VtdConfig, String> {
+        let behind: Vec<(String, bool)> = behind.iter().map(|(p, n)| (p.to_string(), *n)).collect();
+        choose_viommu(parse_viommu(spec).unwrap(), &behind).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn no_passthrough_keeps_the_configuration() {
+        let c = choose("intel", &[]).unwrap();
+        assert!(c.first_stage && !c.caching_mode);
+        assert!(choose("intel,nested=on", &[]).is_ok());
+    }
+
+    #[test]
+    fn shadow_needs_caching_mode_and_no_first_stage() {
+        let c = choose("intel", &[("/dev/vfio/devices/vfio0", false)]).unwrap();
+        assert!(c.caching_mode && !c.first_stage);
+        let c = choose("intel,nested=off", &[("/dev/x", true)]).unwrap();
+        assert!(c.caching_mode && !c.first_stage);
+        let e = choose("intel,first-stage=on", &[("/dev/x", false)]).unwrap_err();
+        assert!(e.contains("first-stage=on cannot be used"), "{e}");
+        let e = choose("intel,caching-mode=off", &[("/dev/x", false)]).unwrap_err();
+        assert!(e.contains("caching-mode=off cannot be used"), "{e}");
+        // Explicitly what the shadow path needs anyway: fine.
+        assert!(choose(
+            "intel,first-stage=off,caching-mode=on",
+            &[("/dev/x", false)]
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn nested_on_is_refused_until_the_nested_path_exists() {
+        let e = choose("intel,nested=on", &[("/dev/vfio/devices/vfio3", false)]).unwrap_err();
+        assert!(
+            e.contains("cannot nest translations for /dev/vfio/devices/vfio3"),
+            "{e}"
+        );
+        let e = choose("intel,nested=on", &[("/dev/x", true)]).unwrap_err();
+        assert!(e.contains("not implemented yet"), "{e}");
+        // auto falls back to shadowing either way.
+        assert!(
+            choose("intel,nested=auto", &[("/dev/x", true)])
+                .unwrap()
+                .caching_mode
+        );
+    }
 }
