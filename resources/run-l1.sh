@@ -235,11 +235,17 @@ timeout -k 10 "${L1_TIMEOUT:-600}" qemu-system-x86_64 \
                     watch=$! ;;
             esac
         done
+        # A last line without a newline (a hung or killed L1).
+        if [ -n "$line" ]; then
+            printf '%s\n' "$line"
+            printf '%s\n' "$line" >>"$run/console.log"
+        fi
         [ -z "$watch" ] || kill "$watch" 2>/dev/null || true
     }
 qemu_rc=${PIPESTATUS[0]}
 set -e
 
+touch "$run/console.log"
 status=$(tr -d '\r' <"$run/console.log" | grep -aE '^L1-EXIT-STATUS=[0-9]+$' | tail -n1 | cut -d= -f2 || true)
 if [ -z "$status" ]; then
     status=$(tr -d '\r' <"$run/console.log" | grep -aE '^L1-CMD-STATUS=[0-9]+$' | tail -n1 | cut -d= -f2 || true)

@@ -231,13 +231,13 @@ pub struct L1Options {
 /// cause). The first attempt's console stays in `console-attempt1.log` and
 /// the retry is announced on stderr, so it is never silent.
 ///
-/// Passthrough runs (`opts.nvme`) get 300 s instead of run-l1.sh's 600 s
-/// and are also rerun once when L1 gave no status (a hang): nested TCG
+/// Every run gets 300 s instead of run-l1.sh's 600 s (the longest takes
+/// about two minutes) and is rerun once when L1 gave no status (a hang): nested TCG
 /// sometimes stalls an idle CPU's wake-ups in L1 or L2 ("soft lockup ...
 /// swapper", "timer wakeup didn't happen") long after the work is done.
 pub fn run_in_l1_opts(scratch: &Path, opts: &L1Options, command: &[String]) -> L1Run {
     let run = run_in_l1_once(scratch, opts, command);
-    if run.status == 125 && opts.nvme.is_some() {
+    if run.status == 125 {
         let _ = std::fs::copy(
             scratch.join("console.log"),
             scratch.join("console-attempt1.log"),
@@ -275,9 +275,9 @@ fn run_in_l1_once(scratch: &Path, opts: &L1Options, command: &[String]) -> L1Run
     }
     if let Some(image) = &opts.nvme {
         cmd.arg("--nvme").arg(image);
-        if std::env::var_os("L1_TIMEOUT").is_none() {
-            cmd.env("L1_TIMEOUT", "300");
-        }
+    }
+    if std::env::var_os("L1_TIMEOUT").is_none() {
+        cmd.env("L1_TIMEOUT", "300");
     }
     if let Some(image) = &opts.nvme_native {
         cmd.arg("--nvme-native").arg(image);
