@@ -45,17 +45,6 @@ fn inner(args: &[String]) {
     );
 }
 
-/// MiB/s from the guest's "bytes=N seconds=S" line.
-fn mib_per_s(line: &str) -> Option<f64> {
-    let field = |k: &str| -> Option<f64> {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(k))
-            .and_then(|v| v.parse().ok())
-    };
-    let (bytes, secs) = (field("bytes=")?, field("seconds=")?);
-    (secs > 0.0).then(|| bytes / secs / (1 << 20) as f64)
-}
-
 struct Case {
     name: &'static str,
     cmdline: &'static str,

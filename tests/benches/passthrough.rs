@@ -47,17 +47,6 @@ fn inner(args: &[String]) {
     println!("BENCH-VMM-EXIT={}", status.code().unwrap_or(-1));
 }
 
-/// MiB/s from the guest's "bytes=N seconds=S" line.
-fn mib_per_s(line: &str) -> Option<f64> {
-    let field = |k: &str| -> Option<f64> {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(k))
-            .and_then(|v| v.parse().ok())
-    };
-    let (bytes, secs) = (field("bytes=")?, field("seconds=")?);
-    (secs > 0.0).then(|| bytes / secs / (1 << 20) as f64)
-}
-
 /// `key=` in the `counters: <what>` line of snapshot `n` (0 = before the
 /// timed reads, 1 = after).
 fn snapshot(out: &str, n: usize, what: &str, key: &str) -> u64 {

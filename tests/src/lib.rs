@@ -344,6 +344,17 @@ impl VmmArgs {
     }
 }
 
+/// MiB/s from a guest benchmark's "bytes=N seconds=S" line.
+pub fn mib_per_s(line: &str) -> Option<f64> {
+    let field = |k: &str| -> Option<f64> {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .and_then(|v| v.parse().ok())
+    };
+    let (bytes, secs) = (field("bytes=")?, field("seconds=")?);
+    (secs > 0.0).then(|| bytes / secs / (1 << 20) as f64)
+}
+
 /// SHA-256 of the first `len` bytes of `path`, as sha256sum prints it.
 pub fn sha256_prefix(path: &Path, len: u64) -> String {
     let out = Command::new("sh")

@@ -160,7 +160,10 @@ pub fn standard_caps(cfg: &[u8]) -> Vec<(usize, u8)> {
     }
     let mut ptr = (cfg.get(CAPABILITIES_POINTER).copied().unwrap_or(0) & !3) as usize;
     while (0x40..PCI_CONFIG_SIZE).contains(&ptr) && out.len() < 48 {
-        out.push((ptr, cfg[ptr]));
+        let Some(&id) = cfg.get(ptr) else {
+            break;
+        };
+        out.push((ptr, id));
         ptr = (cfg.get(ptr + 1).copied().unwrap_or(0) & !3) as usize;
     }
     out

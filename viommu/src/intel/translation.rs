@@ -243,35 +243,20 @@ pub fn resolve(
     if pasid as u64 >= sc.pasid_dir_entries as u64 * 64 {
         return Err(ctx.fault(Reason::SM_PASID_TOO_LARGE));
     }
-    let pe = match caches.pasid(req.sid, pasid) {
-        Some(e) => e,
-        None => {
-            let caps = PasidCaps {
-                haw: c.haw,
-                sagaw: c.sagaw,
-                first_stage: c.first_stage,
-                five_level_first_stage: c.five_level_fs,
-                nested: c.nested,
-                pass_through: c.pass_through,
-            };
-            let e = pasid::lookup(mem, sc.pasid_dir, pasid, &caps).map_err(|(e, fpd)| {
-                if fpd {
-                    ctx.record = false;
-                }
-                ctx.fault(match e {
-                    PasidError::DirAccess => Reason::SM_PASID_DIR_ACCESS,
-                    PasidError::DirNotPresent => Reason::SM_PASID_DIR_NOT_PRESENT,
-                    PasidError::DirReserved => Reason::SM_PASID_DIR_RESERVED,
-                    PasidError::EntryAccess => Reason::SM_PASID_ENTRY_ACCESS,
-                    PasidError::EntryNotPresent => Reason::SM_PASID_ENTRY_NOT_PRESENT,
-                    PasidError::EntryReserved => Reason::SM_PASID_ENTRY_RESERVED,
-                    PasidError::Invalid => Reason::SM_PASID_ENTRY_INVALID,
-                })
-            })?;
-            caches.insert_pasid(req.sid, pasid, e);
-            e
+    let pe = pasid_entry(mem, c, caches, req.sid, sc.pasid_dir, pasid).map_err(|(e, fpd)| {
+        if fpd {
+            ctx.record = false;
         }
-    };
+        ctx.fault(match e {
+            PasidError::DirAccess => Reason::SM_PASID_DIR_ACCESS,
+            PasidError::DirNotPresent => Reason::SM_PASID_DIR_NOT_PRESENT,
+            PasidError::DirReserved => Reason::SM_PASID_DIR_RESERVED,
+            PasidError::EntryAccess => Reason::SM_PASID_ENTRY_ACCESS,
+            PasidError::EntryNotPresent => Reason::SM_PASID_ENTRY_NOT_PRESENT,
+            PasidError::EntryReserved => Reason::SM_PASID_ENTRY_RESERVED,
+            PasidError::Invalid => Reason::SM_PASID_ENTRY_INVALID,
+        })
+    })?;
     if pe.fpd {
         ctx.record = false;
     }
@@ -340,6 +325,32 @@ pub fn resolve(
     caches.insert(pe.did, pasid, req.iova, leaf);
     check_scalable_perms(&ctx, req, &pe, &leaf)?;
     Ok(Resolved::Page { leaf, hit: false })
+}
+
+/// The PASID-table entry of (`sid`, `pasid`), from the PASID cache or the
+/// guest's tables (then cached). Errors carry the entry's FPD, if read.
+fn pasid_entry(
+    mem: &GuestMemoryMmap,
+    c: &WalkConfig,
+    caches: &mut Caches,
+    sid: u16,
+    pasid_dir: u64,
+    pasid: u32,
+) -> Result<pasid::PasidEntry, (PasidError, bool)> {
+    if let Some(e) = caches.pasid(sid, pasid) {
+        return Ok(e);
+    }
+    let caps = PasidCaps {
+        haw: c.haw,
+        sagaw: c.sagaw,
+        first_stage: c.first_stage,
+        five_level_first_stage: c.five_level_fs,
+        nested: c.nested,
+        pass_through: c.pass_through,
+    };
+    let e = pasid::lookup(mem, pasid_dir, pasid, &caps)?;
+    caches.insert_pasid(sid, pasid, e);
+    Ok(e)
 }
 
 fn fl_reason(e: FlError) -> Reason {
@@ -438,25 +449,8 @@ pub fn device_domain(
     {
         return DeviceDomain::Blocked;
     }
-    let pe = match caches.pasid(sid, pasid) {
-        Some(e) => e,
-        None => {
-            let caps = PasidCaps {
-                haw: c.haw,
-                sagaw: c.sagaw,
-                first_stage: c.first_stage,
-                five_level_first_stage: c.five_level_fs,
-                nested: c.nested,
-                pass_through: c.pass_through,
-            };
-            match pasid::lookup(mem, sc.pasid_dir, pasid, &caps) {
-                Ok(e) => {
-                    caches.insert_pasid(sid, pasid, e);
-                    e
-                }
-                Err(_) => return DeviceDomain::Blocked,
-            }
-        }
+    let Ok(pe) = pasid_entry(mem, c, caches, sid, sc.pasid_dir, pasid) else {
+        return DeviceDomain::Blocked;
     };
     match pe.pgtt {
         Pgtt::PassThrough => DeviceDomain::Identity,
