@@ -105,6 +105,14 @@ done </etc/modules
 /init-test
 rc=$?
 [ $rc -eq 0 ] || echo "init: /init-test exited with status $rc"
+# Per-CPU timer evidence for post-mortems of runs that stall on the way
+# down: local timer interrupts, timer softirqs, the clock devices.
+{
+    grep -E '^ *LOC:' /proc/interrupts
+    grep -E '^ *(TIMER|HRTIMER|RCU):' /proc/softirqs
+    echo "clocksource=$(cat /sys/devices/system/clocksource/clocksource0/current_clocksource 2>/dev/null)" \
+        "clockevent=$(cat /sys/devices/system/clockevents/clockevent0/current_device 2>/dev/null)"
+} | tr -s ' ' | sed 's/^/INIT-TIMERS: /'
 sync
 poweroff -f
 echo o >/proc/sysrq-trigger

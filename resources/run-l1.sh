@@ -31,9 +31,15 @@
 #                       USER, LANG, CI, RUST_BACKTRACE and RUST_LOG are
 #                       always forwarded if set; VMM_IN_L1=1 is set.
 #
-# All L1 console output (the command's stdout/stderr) goes to stdout. The exit
-# status is COMMAND's, read from the `L1-EXIT-STATUS=<n>` line the L1 prints
-# last; 125 if that line never appeared (timeout, panic, boot failure).
+# All L1 console output (the command's stdout/stderr) goes to stdout. L1
+# prints `L1-CMD-START` just before it runs COMMAND (a run without it never
+# got that far: QEMU or L1 trouble, not COMMAND's). The exit status is
+# COMMAND's, read from the `L1-EXIT-STATUS=<n>` line the L1 prints last; 125
+# if that line never appeared (timeout, panic, boot failure).
+#
+# One L1 at a time on this machine: runs queue on a lock in VMM_CACHE (two
+# TCG machines of 2 vCPUs on 2 cores starve each other's timers); set
+# L1_PARALLEL=1 to skip the queue.
 #
 # Env: L1_TIMEOUT (seconds, default 600), L1_MEM (MiB, default 6144),
 #      L1_SMP (default 2), L1_QEMU_EXTRA (extra QEMU arguments, split on
@@ -134,6 +140,7 @@ case " $(cat /proc/cmdline) " in *" vmm.nvme=1 "*)
         export VMM_NATIVE_NVME_SYSFS=/sys/bus/pci/devices/0000:00:11.0
     ;;
 esac
+printf "\nL1-CMD-START\n"
 chroot /host /bin/bash "$run/cmd.sh" </dev/null
 rc=$?
 printf "\nL1-CMD-STATUS=%d\n" "$rc"
@@ -153,6 +160,12 @@ fi
 for m in kvm-amd 9p 9pnet_virtio overlay; do
     [ -z "${have_ko[${m//-/_}]:-}" ] || modules+=("$m")
 done
+
+if [ -z "${L1_PARALLEL:-}" ]; then
+    mkdir -p "$CACHE"
+    exec 8>"$CACHE/.run-l1.lock"
+    flock 8
+fi
 
 # Build (or reuse) the L1 initramfs, keyed by everything that goes into it.
 key=$( { cat "$here/mkinitramfs.sh"; echo "$l1_init"; echo "${modules[*]}";
@@ -231,7 +244,7 @@ timeout -k 10 "${L1_TIMEOUT:-600}" qemu-system-x86_64 \
             # under TCG after passthrough runs) is stopped, not waited for.
             case $line in
                 L1-CMD-STATUS=*)
-                    (sleep 30; pkill -f "vmm.run=$run " || true) </dev/null >/dev/null 2>&1 &
+                    (sleep 30; pkill -f "vmm.run=$run " || true) </dev/null >/dev/null 2>&1 8>&- &
                     watch=$! ;;
             esac
         done

@@ -6,6 +6,22 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Every rerun or L1 irregularity of the guest tests is recorded here
+# (tests/src/lib.rs) and printed at the end, pass or fail: libtest hides a
+# passing test's stderr. A guest that hung or reset unexpectedly fails its
+# test unless VMM_TEST_ALLOW_RETRY=1 (README, "Tests").
+retries=target/guest-tests/retries.log
+rm -f "$retries"
+report_retries() {
+    if [ -s "$retries" ]; then
+        echo "test-all: guest runs that were rerun or irregular ($(wc -l <"$retries")):"
+        sed 's/^/  /' "$retries"
+    else
+        echo "test-all: no guest run was rerun"
+    fi
+}
+trap report_retries EXIT
+
 bash resources/host-setup.sh
 bash resources/guest-kernel.sh >/dev/null
 # The L1 kernel with iommufd, VFIO cdev and the iommufd mock (passthrough
@@ -17,6 +33,11 @@ l1pid=$!
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# Dependency licenses, bans and sources (deny.toml). The advisory database
+# lives on a host this machine kind cannot reach, so advisories are not
+# checked here.
+command -v cargo-deny >/dev/null || cargo install --locked -q cargo-deny
+cargo deny --offline check licenses bans sources
 cargo build --release --workspace --bins
 if ! wait "$l1pid"; then
     tail -n 50 "$l1log"

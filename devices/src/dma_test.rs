@@ -64,12 +64,105 @@ const EXT_CAP_PRI: u16 = 0x13;
 const EXT_CAP_PASID: u16 = 0x1b;
 /// Outstanding page requests the device may have (PRI capacity).
 const PRI_CAPACITY: u32 = 32;
-const STATUS_WAITING: u32 = 3;
+/// The unit the device translates in through ATS (an STU of 4 KiB).
+const PAGE_SIZE: u64 = 4096;
+/// Translations the ATC holds. A real ATC is a fixed-size cache; without
+/// a bound, a guest sweeping addresses would grow it without limit. It is
+/// larger than the pages of one command (`MAX_LEN / PAGE_SIZE + 1`).
+const ATC_CAPACITY: usize = 1024;
 
-const CMD_WRITE: u32 = 1;
-const CMD_READ: u32 = 2;
-const STATUS_DONE: u32 = 1;
-const STATUS_FAULT: u32 = 2;
+/// What a write of COMMAND asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Command {
+    /// Write PATTERN to ADDR..ADDR+LEN.
+    Write = 1,
+    /// Read ADDR..ADDR+LEN and sum the bytes into RESULT.
+    Read = 2,
+}
+
+impl Command {
+    /// Other values are ignored, as the register documentation says.
+    fn from_register(value: u32) -> Option<Self> {
+        match value {
+            1 => Some(Command::Write),
+            2 => Some(Command::Read),
+            _ => None,
+        }
+    }
+
+    fn access(self) -> Access {
+        match self {
+            Command::Write => Access::Write,
+            Command::Read => Access::Read,
+        }
+    }
+}
+
+/// The STATUS register.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Status {
+    Idle = 0,
+    Done = 1,
+    /// The command was refused or its DMA faulted.
+    Fault = 2,
+    /// Waiting for a page group response (PRI).
+    Waiting = 3,
+}
+
+/// The bytes one command covers: `len` bytes from `addr`. A range that
+/// would wrap past the top of the 64-bit address space cannot be built,
+/// so every walk over it is bounded by its length, whatever the IOMMU
+/// answers for each page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct DmaRange {
+    addr: u64,
+    len: u64,
+}
+
+/// The part of a [`DmaRange`] inside one page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PagePiece {
+    page: u64,
+    offset: u64,
+    len: u64,
+}
+
+impl DmaRange {
+    /// None when the last byte would lie beyond `u64::MAX`. A range ending
+    /// exactly at the top of the address space does not wrap.
+    fn new(addr: u64, len: u32) -> Option<Self> {
+        let len = u64::from(len);
+        if len > 0 {
+            addr.checked_add(len - 1)?;
+        }
+        Some(DmaRange { addr, len })
+    }
+
+    /// The pages the range touches, in order, each with the bytes of the
+    /// range it holds. Their number is computed from the length up front.
+    fn pages(self) -> impl Iterator<Item = PagePiece> {
+        let mask = PAGE_SIZE - 1;
+        let first = self.addr & !mask;
+        // `new` checked this cannot overflow; len == 0 touches no page.
+        let last_byte = self.addr.saturating_add(self.len.saturating_sub(1));
+        let count = if self.len == 0 {
+            0
+        } else {
+            ((last_byte & !mask) - first) / PAGE_SIZE + 1
+        };
+        (0..count).map(move |i| {
+            // page <= last_byte, and page + mask stays within the last page.
+            let page = first + i * PAGE_SIZE;
+            let start = self.addr.max(page);
+            let end = last_byte.min(page + mask);
+            PagePiece {
+                page,
+                offset: start - page,
+                len: end - start + 1,
+            }
+        })
+    }
+}
 
 /// What the device offers beyond plain DMA.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -96,7 +189,7 @@ pub struct DmaTest {
     pri_cap: Option<usize>,
     atc: HashMap<(Option<u32>, u64), AtcEntry>,
     /// The command waiting for a page group response.
-    pending: Option<u32>,
+    pending: Option<Command>,
     prg_index: u16,
     page_requests: u32,
     page_responses: u32,
@@ -105,7 +198,7 @@ pub struct DmaTest {
     len: u32,
     pattern: u32,
     pasid: u32,
-    status: u32,
+    status: Status,
     result: u32,
     faults: u32,
     done: u32,
@@ -202,7 +295,7 @@ impl DmaTest {
             len: 0,
             pattern: 0,
             pasid: 0,
-            status: 0,
+            status: Status::Idle,
             result: 0,
             faults: 0,
             done: 0,
@@ -239,23 +332,24 @@ impl DmaTest {
 
     fn finish(&mut self, ok: bool) {
         if ok {
-            self.status = STATUS_DONE;
+            self.status = Status::Done;
         } else {
-            self.status = STATUS_FAULT;
+            self.status = Status::Fault;
             self.faults = self.faults.wrapping_add(1);
         }
         self.done = self.done.wrapping_add(1);
     }
 
-    fn run(&mut self, cmd: u32) {
-        if cmd != CMD_WRITE && cmd != CMD_READ {
-            return;
-        }
+    fn run(&mut self, cmd: Command) {
         self.pending = None;
         if self.config.command() & COMMAND_BUS_MASTER == 0 || self.len > MAX_LEN {
-            self.status = STATUS_FAULT;
+            self.status = Status::Fault;
             return;
         }
+        let Some(range) = DmaRange::new(self.addr, self.len) else {
+            self.finish(false);
+            return;
+        };
         let pasid = (self.pasid & (1 << 31) != 0).then_some(self.pasid & 0xf_ffff);
         if pasid.is_some() && !self.pasid_enabled() {
             self.finish(false);
@@ -263,47 +357,67 @@ impl DmaTest {
         }
         let _in_flight = self.space.begin_dma();
         if self.ats_enabled() {
-            self.run_translated(cmd, pasid);
+            self.run_translated(cmd, pasid, range);
             return;
         }
         // Untranslated requests: the IOMMU translates (and records faults).
         let mem = self.space.with_pasid(pasid).into_memory(self.ram.clone());
-        let len = self.len as usize;
-        let ok = if cmd == CMD_WRITE {
-            let buf = vec![self.pattern as u8; len];
-            mem.write_slice(&buf, GuestAddress(self.addr)).is_ok()
-        } else {
-            let mut buf = vec![0u8; len];
-            let r = mem.read_slice(&mut buf, GuestAddress(self.addr));
-            self.result = buf.iter().fold(0u32, |a, &b| a.wrapping_add(b as u32));
-            r.is_ok()
+        // len <= MAX_LEN, checked above.
+        let len = range.len as usize;
+        let ok = match cmd {
+            Command::Write => {
+                let buf = vec![self.pattern as u8; len];
+                mem.write_slice(&buf, GuestAddress(range.addr)).is_ok()
+            }
+            Command::Read => {
+                let mut buf = vec![0u8; len];
+                let r = mem.read_slice(&mut buf, GuestAddress(range.addr));
+                self.result = buf.iter().fold(0u32, |a, &b| a.wrapping_add(b as u32));
+                r.is_ok()
+            }
         };
         self.finish(ok);
     }
 
-    /// The ATS path: translate each page (ATC first), then access guest
-    /// memory with the translated address. A translation failure with PRI
-    /// enabled becomes a page request; the response resumes the command.
-    fn run_translated(&mut self, cmd: u32, pasid: Option<u32>) {
-        let write = cmd == CMD_WRITE;
-        let Some(end) = self.addr.checked_add(self.len as u64) else {
-            self.finish(false);
-            return;
-        };
+    /// The ATC entry for `page`, if it allows `cmd`.
+    fn atc_lookup(&self, pasid: Option<u32>, page: u64, cmd: Command) -> Option<AtcEntry> {
+        self.atc
+            .get(&(pasid, page))
+            .copied()
+            .filter(|e| e.write || cmd == Command::Read)
+    }
+
+    /// Caches a translation, evicting another one when the ATC is full
+    /// (dropping a cached translation is always allowed).
+    fn atc_insert(&mut self, pasid: Option<u32>, page: u64, entry: AtcEntry) {
+        if self.atc.len() >= ATC_CAPACITY && !self.atc.contains_key(&(pasid, page)) {
+            if let Some(victim) = self.atc.keys().next().copied() {
+                self.atc.remove(&victim);
+            }
+        }
+        self.atc.insert((pasid, page), entry);
+    }
+
+    /// The ATS path: translate each page of `range` (ATC first), then
+    /// access guest memory with the translated addresses. A translation
+    /// failure with PRI enabled becomes a page request; the response
+    /// resumes the command.
+    fn run_translated(&mut self, cmd: Command, pasid: Option<u32>, range: DmaRange) {
+        let write = cmd == Command::Write;
         let mut pieces = Vec::new();
-        let mut page = self.addr & !0xfff;
-        while page < end {
-            let cached = self
-                .atc
-                .get(&(pasid, page))
-                .copied()
-                .filter(|e| e.write || !write);
-            let entry = match cached {
+        for piece in range.pages() {
+            let page = piece.page;
+            let entry = match self.atc_lookup(pasid, page, cmd) {
                 Some(e) => e,
                 None => {
-                    let access = if write { Access::Write } else { Access::Read };
                     let t = self.space.translator().map(|t| {
-                        t.translate_ats(self.space.requester_id(), pasid, page, 4096, access)
+                        t.translate_ats(
+                            self.space.requester_id(),
+                            pasid,
+                            page,
+                            PAGE_SIZE,
+                            cmd.access(),
+                        )
                     });
                     match t {
                         Some(Ok(v)) if v.len() == 1 => {
@@ -311,7 +425,7 @@ impl DmaTest {
                                 gpa: v[0].gpa,
                                 write,
                             };
-                            self.atc.insert((pasid, page), e);
+                            self.atc_insert(pasid, page, e);
                             e
                         }
                         None => AtcEntry {
@@ -319,29 +433,36 @@ impl DmaTest {
                             write: true,
                         },
                         _ => {
-                            self.page_fault(cmd, pasid, page, write);
+                            self.page_fault(cmd, pasid, page);
                             return;
                         }
                     }
                 }
             };
-            let start = self.addr.max(page);
-            let stop = end.min(page + 4096);
-            pieces.push((entry.gpa + (start - page), (stop - start) as usize));
-            page += 4096;
+            // A translation at the top of the address space cannot hold
+            // the rest of the page: that is a fault, not a wrap.
+            let Some(gpa) = entry.gpa.checked_add(piece.offset) else {
+                self.finish(false);
+                return;
+            };
+            // piece.len <= PAGE_SIZE.
+            pieces.push((gpa, piece.len as usize));
         }
         let mut ok = true;
         let mut sum = 0u32;
         for (gpa, n) in pieces {
-            if write {
-                ok &= self
-                    .ram
-                    .write_slice(&vec![self.pattern as u8; n], GuestAddress(gpa))
-                    .is_ok();
-            } else {
-                let mut buf = vec![0u8; n];
-                ok &= self.ram.read_slice(&mut buf, GuestAddress(gpa)).is_ok();
-                sum = buf.iter().fold(sum, |a, &b| a.wrapping_add(b as u32));
+            match cmd {
+                Command::Write => {
+                    ok &= self
+                        .ram
+                        .write_slice(&vec![self.pattern as u8; n], GuestAddress(gpa))
+                        .is_ok();
+                }
+                Command::Read => {
+                    let mut buf = vec![0u8; n];
+                    ok &= self.ram.read_slice(&mut buf, GuestAddress(gpa)).is_ok();
+                    sum = buf.iter().fold(sum, |a, &b| a.wrapping_add(b as u32));
+                }
             }
         }
         if !write {
@@ -350,7 +471,8 @@ impl DmaTest {
         self.finish(ok);
     }
 
-    fn page_fault(&mut self, cmd: u32, pasid: Option<u32>, page: u64, write: bool) {
+    fn page_fault(&mut self, cmd: Command, pasid: Option<u32>, page: u64) {
+        let write = cmd == Command::Write;
         let Some(t) = self.space.translator().cloned() else {
             self.finish(false);
             return;
@@ -375,7 +497,7 @@ impl DmaTest {
             Ok(()) => {
                 self.page_requests = self.page_requests.wrapping_add(1);
                 self.pending = Some(cmd);
-                self.status = STATUS_WAITING;
+                self.status = Status::Waiting;
             }
             Err(_) => self.finish(false),
         }
@@ -475,99 +597,15 @@ impl PciDevice for DmaTest {
             (REG_LEN, 4) => self.len = v as u32,
             (REG_PATTERN, 4) => self.pattern = v as u32,
             (REG_PASID, 4) => self.pasid = v as u32,
-            (REG_COMMAND, 4) => self.run(v as u32),
+            (REG_COMMAND, 4) => {
+                if let Some(cmd) = Command::from_register(v as u32) {
+                    self.run(cmd);
+                }
+            }
             _ => {}
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::pci::config::COMMAND;
-
-    fn dev() -> (DmaTest, GuestMemoryMmap) {
-        let ram = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
-        let d = DmaTest::new(
-            DmaSpace::identity(0x10),
-            ram.clone(),
-            DmaTestFeatures::default(),
-        )
-        .unwrap();
-        (d, ram)
-    }
-
-    fn w32(d: &mut DmaTest, off: u64, v: u32) {
-        d.write_bar(0, off, &v.to_le_bytes());
-    }
-
-    fn r32(d: &mut DmaTest, off: u64) -> u32 {
-        let mut b = [0u8; 4];
-        d.read_bar(0, off, &mut b);
-        u32::from_le_bytes(b)
-    }
-
-    #[test]
-    fn write_and_read_dma() {
-        let (mut d, ram) = dev();
-        d.write_config(COMMAND, &COMMAND_BUS_MASTER.to_le_bytes());
-        d.write_bar(0, REG_ADDR, &0x2000u64.to_le_bytes());
-        w32(&mut d, REG_LEN, 16);
-        w32(&mut d, REG_PATTERN, 0xab);
-        w32(&mut d, REG_COMMAND, CMD_WRITE);
-        assert_eq!(r32(&mut d, REG_STATUS), STATUS_DONE);
-        assert_eq!(ram.read_obj::<u8>(GuestAddress(0x200f)).unwrap(), 0xab);
-        w32(&mut d, REG_COMMAND, CMD_READ);
-        assert_eq!(r32(&mut d, REG_RESULT), 16 * 0xab);
-        assert_eq!(r32(&mut d, REG_ID), ID);
-    }
-
-    #[test]
-    fn no_bus_master_or_bad_address_fails_cleanly() {
-        let (mut d, _) = dev();
-        w32(&mut d, REG_LEN, 16);
-        w32(&mut d, REG_COMMAND, CMD_WRITE);
-        assert_eq!(r32(&mut d, REG_STATUS), STATUS_FAULT);
-        d.write_config(COMMAND, &COMMAND_BUS_MASTER.to_le_bytes());
-        d.write_bar(0, REG_ADDR, &(u64::MAX - 4).to_le_bytes());
-        w32(&mut d, REG_COMMAND, CMD_READ);
-        assert_eq!(r32(&mut d, REG_STATUS), STATUS_FAULT);
-        assert_eq!(r32(&mut d, REG_FAULTS), 1);
-        w32(&mut d, REG_LEN, MAX_LEN + 1);
-        w32(&mut d, REG_COMMAND, CMD_WRITE);
-        assert_eq!(r32(&mut d, REG_STATUS), STATUS_FAULT);
-    }
-
-    #[test]
-    fn pasid_ats_pri_capabilities() {
-        let ram = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
-        let f = DmaTestFeatures {
-            pasid_bits: 20,
-            ats_pri: true,
-        };
-        let mut d = DmaTest::new(DmaSpace::identity(0x10), ram, f).unwrap();
-        let caps = d.config.extended_capabilities();
-        let ids: Vec<u16> = caps.iter().map(|c| c.1).collect();
-        assert_eq!(ids, vec![EXT_CAP_ATS, EXT_CAP_PRI, EXT_CAP_PASID]);
-        let pri = d.pri_cap.unwrap();
-        assert_ne!(
-            d.config.read_u16(pri + 6) & (1 << 8),
-            0,
-            "stopped while disabled"
-        );
-        d.write_config(pri + 4, &1u16.to_le_bytes());
-        assert!(d.pri_enabled());
-        assert_eq!(d.config.read_u16(pri + 6) & (1 << 8), 0);
-        let pasid = d.pasid_cap.unwrap();
-        assert_eq!((d.config.read_u16(pasid + 4) >> 8) & 0x1f, 20);
-        d.write_config(pasid + 6, &0xffffu16.to_le_bytes());
-        assert_eq!(d.config.read_u16(pasid + 6), 1, "only Enable is writable");
-        // A PASID-tagged DMA without PASID enabled fails.
-        d.write_config(pasid + 6, &0u16.to_le_bytes());
-        d.write_config(COMMAND, &COMMAND_BUS_MASTER.to_le_bytes());
-        w32(&mut d, REG_PASID, (1 << 31) | 5);
-        w32(&mut d, REG_LEN, 4);
-        w32(&mut d, REG_COMMAND, CMD_WRITE);
-        assert_eq!(r32(&mut d, REG_STATUS), STATUS_FAULT);
-    }
-}
+mod tests;

@@ -16,6 +16,15 @@ pub struct MsiMessage {
     pub data: u32,
 }
 
+/// One change of an irqfd-backed vector's route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RouteUpdate {
+    pub gsi: u32,
+    pub requester_id: u16,
+    /// None: the vector is masked, nothing is delivered.
+    pub msg: Option<MsiMessage>,
+}
+
 pub trait MsiRouter: Send + Sync {
     /// Delivers one message now.
     fn send(&self, requester_id: u16, msg: MsiMessage) -> io::Result<()>;
@@ -25,6 +34,17 @@ pub trait MsiRouter: Send + Sync {
     fn register_irqfd(&self, fd: &EventFd, gsi: u32) -> io::Result<()>;
     /// Points `gsi` at `msg` (None: the vector is masked, nothing is delivered).
     fn set_route(&self, gsi: u32, requester_id: u16, msg: Option<MsiMessage>) -> io::Result<()>;
+    /// Applies several route changes at once. KVM takes the routing table
+    /// only as a whole, so a router should make this one table update: a
+    /// guest write that moves every vector of a function (MSI-X enable,
+    /// function mask) then costs one update instead of one per vector,
+    /// each as large as the table.
+    fn set_routes(&self, updates: &[RouteUpdate]) -> io::Result<()> {
+        for u in updates {
+            self.set_route(u.gsi, u.requester_id, u.msg)?;
+        }
+        Ok(())
+    }
 }
 
 /// Registers doorbell addresses so a guest write signals an eventfd without
@@ -44,7 +64,16 @@ pub mod test_utils {
     pub struct RecordingRouter {
         pub sent: Mutex<Vec<(u16, MsiMessage)>>,
         pub routes: Mutex<Vec<(u32, u16, Option<MsiMessage>)>>,
+        /// Routing table updates: one per `set_route` or `set_routes` call,
+        /// as KVM_SET_GSI_ROUTING would be.
+        pub table_updates: Mutex<usize>,
         next_gsi: Mutex<u32>,
+    }
+
+    impl RecordingRouter {
+        pub fn table_updates(&self) -> usize {
+            *self.table_updates.lock().unwrap()
+        }
     }
 
     impl MsiRouter for RecordingRouter {
@@ -62,6 +91,13 @@ pub mod test_utils {
         }
         fn set_route(&self, gsi: u32, rid: u16, msg: Option<MsiMessage>) -> io::Result<()> {
             self.routes.lock().unwrap().push((gsi, rid, msg));
+            *self.table_updates.lock().unwrap() += 1;
+            Ok(())
+        }
+        fn set_routes(&self, updates: &[RouteUpdate]) -> io::Result<()> {
+            let mut routes = self.routes.lock().unwrap();
+            routes.extend(updates.iter().map(|u| (u.gsi, u.requester_id, u.msg)));
+            *self.table_updates.lock().unwrap() += 1;
             Ok(())
         }
     }

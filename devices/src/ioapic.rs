@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use vm_device::bus::{MmioAddress, MmioAddressOffset};
 use vm_device::DeviceMmio;
 
+use crate::host_log;
 use crate::interrupt::{MsiMessage, MsiRouter};
 
 pub const NUM_PINS: usize = 24;
@@ -118,7 +119,10 @@ impl Ioapic {
         }
         match self.router.set_route(pin as u32, self.requester_id, msg) {
             Ok(()) => st.published[pin] = msg,
-            Err(e) => log::warn!("IOAPIC pin {pin}: EOI route not updated: {e}"),
+            Err(e) => host_log!(
+                log::Level::Error,
+                "IOAPIC pin {pin}: EOI route not updated: {e}"
+            ),
         }
     }
 
@@ -145,7 +149,10 @@ impl Ioapic {
             st.rte[pin] |= RTE_REMOTE_IRR;
         }
         if let Err(e) = self.router.send(self.requester_id, Self::message(rte)) {
-            log::warn!("IOAPIC pin {pin}: interrupt not delivered: {e}");
+            host_log!(
+                log::Level::Error,
+                "IOAPIC pin {pin}: interrupt not delivered: {e}"
+            );
         }
     }
 

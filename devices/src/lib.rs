@@ -6,10 +6,13 @@
 //! an IOMMU can sit on both paths without the devices knowing.
 
 pub mod dma_test;
+pub mod guest_log;
 pub mod interrupt;
 pub mod ioapic;
 pub mod legacy;
 pub mod memory_slots;
 pub mod pci;
+#[cfg(test)]
+mod test_log;
 pub mod vfio;
 pub mod virtio;

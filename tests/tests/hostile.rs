@@ -20,7 +20,9 @@ fn hostile_guest_gets_spec_faults_and_vmm_survives() {
         &[(prog, "/bin/vtd-hostile")],
     ));
     args.cpus = 2;
-    args.cmdline = "console=ttyS0 quiet panic=-1 intel_iommu=off intremap=off iomem=relaxed".into();
+    args.cmdline =
+        "console=ttyS0 quiet panic=-1 intel_iommu=off intremap=off iomem=relaxed printk.devkmsg=on"
+            .into();
     args.disks.push(format!("path={},iommu=on", disk.display()));
     args.extra = vec![
         "--device".into(),

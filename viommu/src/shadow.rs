@@ -46,10 +46,12 @@
 //! # Limits
 //!
 //! Guest tables are untrusted. The walk reads at most
-//! [`ShadowSpace::walk_budget`] entries per sync and the space holds at most
-//! [`ShadowSpace::max_areas`] areas. Past either limit the space fails
-//! closed: what is not known to be mapped is not mapped, so the device
-//! faults instead of reaching memory the guest may have taken back.
+//! [`ShadowSpace::walk_budget`] entries per sync, in windows of
+//! [`WALK_WINDOW`] entries whose leaves reach the host before the next
+//! window is read, and the space holds at most [`ShadowSpace::max_areas`]
+//! areas. Past either limit the space fails closed: what is not known to
+//! be mapped is not mapped, so the device faults instead of reaching
+//! memory the guest may have taken back.
 
 use std::collections::BTreeMap;
 
@@ -63,6 +65,11 @@ use crate::GuestMemoryMmap;
 /// 256 GiB of 4 KiB mappings in one sync, a few hundred milliseconds of
 /// reading at worst.
 pub const DEFAULT_WALK_BUDGET: u64 = 1 << 26;
+
+/// Second-stage entries one window of [`ShadowSpace::sync_from_tables`]
+/// reads: each entry gives at most one leaf, so a window holds at most
+/// this many leaves (a few MiB of mappings) before they reach the host.
+pub const WALK_WINDOW: u64 = 1 << 16;
 
 /// Default for [`ShadowSpace::max_areas`]: 2^22 areas (a few hundred MiB of
 /// tracking at worst), far beyond the live DMA mappings of any sane guest.
@@ -89,6 +96,10 @@ pub struct SyncStats {
     pub entries_read: u64,
     /// Walks that ran out of budget; the rest of their range was emptied.
     pub truncated_walks: u64,
+    /// Windows [`ShadowSpace::sync_from_tables`] synced a range in.
+    pub windows: u64,
+    /// The most host mappings one window held (a maximum, not a sum).
+    pub largest_window: u64,
 }
 
 impl SyncStats {
@@ -104,6 +115,8 @@ impl SyncStats {
         self.rejected = self.rejected.saturating_add(o.rejected);
         self.entries_read = self.entries_read.saturating_add(o.entries_read);
         self.truncated_walks = self.truncated_walks.saturating_add(o.truncated_walks);
+        self.windows = self.windows.saturating_add(o.windows);
+        self.largest_window = self.largest_window.max(o.largest_window);
     }
 }
 
@@ -131,6 +144,8 @@ pub struct ShadowSpace {
     live_bytes: u64,
     totals: SyncStats,
     walk_budget: u64,
+    /// Entries read per window ([`WALK_WINDOW`]; smaller in tests).
+    window: u64,
     max_areas: usize,
     /// Guests that map non-RAM tend to do it over and over: warn once.
     not_ram_warned: bool,
@@ -155,6 +170,7 @@ impl ShadowSpace {
             live_bytes: 0,
             totals: SyncStats::default(),
             walk_budget,
+            window: WALK_WINDOW,
             max_areas,
             not_ram_warned: false,
             limit_warned: false,
@@ -200,6 +216,12 @@ impl ShadowSpace {
     /// contents are unknown, and a stale mapping would let the device reach
     /// memory the guest may have unmapped (§6.5: after an invalidation the
     /// hardware must not use what the guest removed).
+    ///
+    /// The range is synced window by window, each window what a walk of at
+    /// most [`WALK_WINDOW`] entries reached, so the leaves held at once are
+    /// bounded whatever the range and the tables (which may alias one
+    /// small table everywhere). A run continuing across a window edge
+    /// becomes two host mappings; the result is otherwise the same.
     pub fn sync_from_tables(
         &mut self,
         host: &dyn HostIommu,
@@ -208,49 +230,62 @@ impl ShadowSpace {
         start: u64,
         end: u64,
     ) -> Result<SyncStats, HostIommuError> {
-        let mut co = Coalescer::new(mem);
-        let scan =
-            second_stage::for_each_leaf(mem, t, start, end, self.walk_budget, &mut |l| co.push(&l));
-        let (desired, cstats) = co.finish();
-        let mut pre = SyncStats {
-            not_ram_runs: cstats.not_ram_runs,
-            not_ram_bytes: cstats.not_ram_bytes,
-            ..SyncStats::default()
-        };
-        match scan {
-            Ok(s) => pre.entries_read = s.entries_read,
-            Err(LeafScanError::BudgetExhausted { resume_at, scan }) => {
-                log::warn!(
-                    "shadow: second-stage walk of {start:#x}..{end:#x} stopped at {resume_at:#x} \
-                     after {} entries; unmapping the rest",
-                    scan.entries_read
-                );
-                pre.entries_read = scan.entries_read;
-                pre.truncated_walks = 1;
-            }
-        }
-        if cstats.not_ram_runs != 0 && !self.not_ram_warned {
-            self.not_ram_warned = true;
-            log::warn!(
-                "shadow: the guest maps IOVAs to non-RAM ({} bytes in {start:#x}..{end:#x}); \
-                 those stay unmapped",
-                cstats.not_ram_bytes
-            );
-        }
-        self.totals.add(&pre);
+        let mut pre = SyncStats::default();
         let mut st = SyncStats::default();
         let mut first_err = None;
-        if start < end {
+        let mut budget = self.walk_budget;
+        let mut cursor = start;
+        while cursor < end {
+            let mut co = Coalescer::new(mem);
+            let chunk = budget.min(self.window);
+            let scan =
+                second_stage::for_each_leaf(mem, t, cursor, end, chunk, &mut |l| co.push(&l));
+            let (desired, cstats) = co.finish();
+            pre.not_ram_runs += cstats.not_ram_runs;
+            pre.not_ram_bytes = pre.not_ram_bytes.saturating_add(cstats.not_ram_bytes);
+            pre.windows += 1;
+            pre.largest_window = pre.largest_window.max(desired.len() as u64);
+            let (read, reached) = match scan {
+                Ok(s) => (s.entries_read, end),
+                Err(LeafScanError::BudgetExhausted { resume_at, scan }) => {
+                    (scan.entries_read, resume_at)
+                }
+            };
+            pre.entries_read += read;
+            budget -= read;
+            // Out of budget (or too little left to reach a leaf): the rest
+            // of the range goes with this window, unread, so it is emptied.
+            let stop = if reached < end && (budget == 0 || reached <= cursor) {
+                log::warn!(
+                    "shadow: second-stage walk of {start:#x}..{end:#x} stopped at {reached:#x} \
+                     after {} entries; unmapping the rest",
+                    pre.entries_read
+                );
+                pre.truncated_walks = 1;
+                end
+            } else {
+                reached
+            };
             self.sync_inner(
                 host,
                 Some(mem),
-                start,
-                end,
+                cursor,
+                stop,
                 &desired,
                 &mut st,
                 &mut first_err,
             );
+            cursor = stop;
         }
+        if pre.not_ram_runs != 0 && !self.not_ram_warned {
+            self.not_ram_warned = true;
+            log::warn!(
+                "shadow: the guest maps IOVAs to non-RAM ({} bytes in {start:#x}..{end:#x}); \
+                 those stay unmapped",
+                pre.not_ram_bytes
+            );
+        }
+        self.totals.add(&pre);
         self.totals.add(&st);
         if let Some(e) = first_err {
             return Err(e);

@@ -471,6 +471,7 @@ pub fn build(cli: &Cli) -> Result<Vm, VmmError> {
     let base_cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+    let host_tsc_khz = crate::tsc::measure_host_khz(std::time::Duration::from_millis(20));
     let mut vcpus = Vec::new();
     for id in 0..cli.cpus {
         let fd = vm
@@ -481,6 +482,7 @@ pub fn build(cli: &Cli) -> Result<Vm, VmmError> {
             id,
             cli.cpus,
             &base_cpuid,
+            host_tsc_khz,
             &mem,
             kernel.entry,
             io.clone(),

@@ -27,8 +27,11 @@ pub struct Cli {
     /// A virtio-blk disk: path=FILE[,readonly=on][,iommu=on]. Repeatable.
     #[arg(long, value_name = "SPEC", value_parser = parse_disk)]
     pub disk: Vec<DiskConfig>,
-    /// An extra device: dma-test[,iommu=on] (a PCIe endpoint that performs
-    /// DMA on command, for IOMMU tests). Repeatable.
+    /// An extra device: dma-test[,iommu=on]. dma-test is a test endpoint for
+    /// this project's tests, not a device for real guests: it DMAs on
+    /// command, reading or writing any address the guest writes into its
+    /// registers, so tests can watch what the IOMMU does with it.
+    /// Repeatable.
     #[arg(long, value_name = "SPEC", value_parser = parse_device)]
     pub device: Vec<DeviceConfig>,
     /// A PCI device passed through with VFIO: PATH[,iommu=on] where PATH is
@@ -198,6 +201,8 @@ pub fn parse_disk(s: &str) -> Result<DiskConfig, String> {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DeviceConfig {
+    /// The test endpoint of `devices::dma_test`, behind the vIOMMU when
+    /// `iommu` is set.
     DmaTest { iommu: bool },
 }
 
@@ -338,6 +343,21 @@ mod tests {
         assert!(parse_device("gpu").is_err());
         assert!(parse_device("dma-test,iommu=yes").is_err());
         assert!(parse_device("dma-test,speed=9").is_err());
+    }
+
+    #[test]
+    fn help_says_dma_test_is_a_test_device() {
+        use clap::CommandFactory;
+        let mut cmd = Cli::command();
+        for help in [cmd.render_help(), cmd.render_long_help()] {
+            let text = help
+                .to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            assert!(text.contains("dma-test is a test endpoint"), "{text}");
+            assert!(text.contains("DMAs on command"), "{text}");
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use devices::interrupt::{IoEventRegistry, MsiMessage, MsiRouter};
+use devices::interrupt::{IoEventRegistry, MsiMessage, MsiRouter, RouteUpdate};
 use kvm_bindings::{kvm_irq_routing_entry, kvm_msi, KvmIrqRouting, KVM_IRQ_ROUTING_MSI};
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use viommu::intel::{IntelIommu, InterruptSink};
@@ -28,10 +28,30 @@ struct Remapper {
 }
 
 /// A route as the device programmed it, before remapping.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Programmed {
     requester_id: u16,
     msg: MsiMessage,
+}
+
+/// Applies `updates` to the programmed routes; true when the table
+/// changed and must be handed to KVM again.
+fn apply(routes: &mut BTreeMap<u32, Programmed>, updates: &[RouteUpdate]) -> bool {
+    let mut changed = false;
+    for u in updates {
+        let old = match u.msg {
+            Some(msg) => routes.insert(
+                u.gsi,
+                Programmed {
+                    requester_id: u.requester_id,
+                    msg,
+                },
+            ),
+            None => routes.remove(&u.gsi),
+        };
+        changed |= old != routes.get(&u.gsi).copied();
+    }
+    changed
 }
 
 pub struct KvmMsiRouter {
@@ -139,19 +159,22 @@ impl MsiRouter for KvmMsiRouter {
     }
 
     fn set_route(&self, gsi: u32, requester_id: u16, msg: Option<MsiMessage>) -> io::Result<()> {
+        self.set_routes(&[RouteUpdate {
+            gsi,
+            requester_id,
+            msg,
+        }])
+    }
+
+    /// One KVM_SET_GSI_ROUTING for the whole batch, none when nothing
+    /// changed.
+    fn set_routes(&self, updates: &[RouteUpdate]) -> io::Result<()> {
         let mut routes = self
             .routes
             .lock()
             .map_err(|_| io::Error::other("route table lock poisoned"))?;
-        match msg {
-            Some(msg) => {
-                routes.insert(gsi, Programmed { requester_id, msg });
-            }
-            None => {
-                if routes.remove(&gsi).is_none() {
-                    return Ok(());
-                }
-            }
+        if !apply(&mut routes, updates) {
+            return Ok(());
         }
         self.commit(&routes)
     }
@@ -189,5 +212,39 @@ impl InterruptSink for RouterSink {
 
     fn remapping_changed(&self) {
         self.0.refresh();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn update(gsi: u32, data: Option<u32>) -> RouteUpdate {
+        RouteUpdate {
+            gsi,
+            requester_id: 8,
+            msg: data.map(|data| MsiMessage {
+                address: 0xfee0_0000,
+                data,
+            }),
+        }
+    }
+
+    #[test]
+    fn only_real_changes_need_a_commit() {
+        let mut routes = BTreeMap::new();
+        let batch: Vec<_> = (24..88).map(|g| update(g, Some(g))).collect();
+        assert!(apply(&mut routes, &batch));
+        assert_eq!(routes.len(), 64);
+        // The same routes again, and removing routes that do not exist.
+        assert!(!apply(&mut routes, &batch));
+        assert!(!apply(&mut routes, &[update(200, None)]));
+        // One changed message in a batch is enough.
+        let mut again = batch.clone();
+        again[10] = update(34, Some(7));
+        assert!(apply(&mut routes, &again));
+        let all_off: Vec<_> = (24..88).map(|g| update(g, None)).collect();
+        assert!(apply(&mut routes, &all_off));
+        assert!(routes.is_empty());
     }
 }

@@ -8,6 +8,7 @@ mod interrupts;
 mod logger;
 mod memory_slots;
 mod passthrough;
+mod tsc;
 mod vcpu;
 
 use std::sync::atomic::Ordering;

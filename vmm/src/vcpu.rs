@@ -13,6 +13,7 @@ use vm_device::device_manager::{IoManager, MmioManager, PioManager};
 use vm_memory::GuestMemoryMmap;
 
 use crate::exit::{ExitHandle, ExitReason};
+use crate::tsc;
 use crate::VmmError;
 
 /// Local APIC register offsets and delivery modes for LINT0/LINT1.
@@ -20,6 +21,36 @@ const APIC_LVT0: usize = 0x350;
 const APIC_LVT1: usize = 0x360;
 const APIC_MODE_NMI: u32 = 0x4;
 const APIC_MODE_EXTINT: u32 = 0x7;
+
+/// Makes vCPU `id`'s TSC rate the host's (see [`crate::tsc`]); false when
+/// KVM refuses, so the guest must not use the TSC-deadline timer.
+fn settle_tsc_rate(fd: &VcpuFd, id: u8, host_khz: Option<u32>) -> bool {
+    let (Some(host_khz), Ok(kvm_khz)) = (host_khz, fd.get_tsc_khz()) else {
+        return true;
+    };
+    match tsc::plan(kvm_khz, host_khz) {
+        tsc::TscRate::Consistent => true,
+        tsc::TscRate::Set { kvm_khz, host_khz } => {
+            match fd.set_tsc_khz(host_khz) {
+                Ok(()) => {
+                    if id == 0 {
+                        log::info!("TSC rate {kvm_khz} kHz from KVM corrected to the host's {host_khz} kHz");
+                    }
+                    true
+                }
+                Err(e) => {
+                    if id == 0 {
+                        log::warn!(
+                        "KVM's TSC rate {kvm_khz} kHz differs from the host's {host_khz} kHz and \
+                         KVM_SET_TSC_KHZ failed ({e}): the guest gets no TSC-deadline timer"
+                    );
+                    }
+                    false
+                }
+            }
+        }
+    }
+}
 
 pub struct Vcpu {
     fd: VcpuFd,
@@ -71,6 +102,7 @@ impl Vcpu {
         id: u8,
         num_cpus: u8,
         base_cpuid: &CpuId,
+        host_tsc_khz: Option<u32>,
         mem: &GuestMemoryMmap,
         entry: u64,
         io: Arc<IoManager>,
@@ -79,6 +111,9 @@ impl Vcpu {
     ) -> Result<Self, VmmError> {
         let mut cpuid = base_cpuid.clone();
         cpuid::filter_cpuid(&mut cpuid, id, num_cpus);
+        if !settle_tsc_rate(&fd, id, host_tsc_khz) {
+            cpuid::hide_tsc_deadline(&mut cpuid);
+        }
         fd.set_cpuid2(&cpuid).map_err(VmmError::Vcpu)?;
         let msrs = Msrs::from_entries(&regs::boot_msrs())
             .map_err(|_| VmmError::Setup("MSR list too long".into()))?;

@@ -57,6 +57,19 @@ pub fn filter_cpuid(cpuid: &mut CpuId, cpu_id: u8, num_cpus: u8) {
     }
 }
 
+/// CPUID.01H:ECX[24]: the local APIC's TSC-deadline timer mode.
+const TSC_DEADLINE_TIMER: u32 = 1 << 24;
+
+/// Withdraws the TSC-deadline timer from the guest (its APIC timer then
+/// counts bus cycles), for a vCPU whose TSC rate KVM cannot get right.
+pub fn hide_tsc_deadline(cpuid: &mut CpuId) {
+    for e in cpuid.as_mut_slice().iter_mut() {
+        if e.function == 0x1 {
+            e.ecx &= !TSC_DEADLINE_TIMER;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,5 +96,17 @@ mod tests {
         assert_ne!(s[0].ecx & (1 << 31), 0);
         assert_eq!(s[1].ebx, 4);
         assert_eq!(s[1].edx, 3);
+    }
+
+    #[test]
+    fn tsc_deadline_can_be_withdrawn() {
+        let mut c = CpuId::from_entries(&[kvm_cpuid_entry2 {
+            function: 1,
+            ecx: TSC_DEADLINE_TIMER | 1,
+            ..Default::default()
+        }])
+        .unwrap();
+        hide_tsc_deadline(&mut c);
+        assert_eq!(c.as_slice()[0].ecx, 1);
     }
 }

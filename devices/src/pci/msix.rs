@@ -4,12 +4,19 @@
 //! route follows the guest's table entry. A masked vector (per entry, or the
 //! whole function) records a pending bit instead of firing, and fires when
 //! unmasked, as the specification requires.
+//!
+//! Routes are pushed to the router only when they change, and all the
+//! changes one guest write causes go in one batch: enabling MSI-X or
+//! toggling the function mask is one routing table update however many
+//! vectors the function has.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::interrupt::{MsiMessage, MsiRouter};
+use crate::host_log;
+use crate::interrupt::{MsiMessage, MsiRouter, RouteUpdate};
 
 const ENTRY_SIZE: u64 = 16;
 const VECTOR_CTRL_MASK: u32 = 1;
@@ -46,6 +53,8 @@ pub struct Msix {
     entries: Vec<Entry>,
     pending: Vec<bool>,
     vectors: Vec<Vector>,
+    /// The route the router has for each vector.
+    routes: Vec<Option<MsiMessage>>,
     enabled: bool,
     function_masked: bool,
     requester_id: u16,
@@ -72,6 +81,7 @@ impl Msix {
             ],
             pending: vec![false; count as usize],
             vectors,
+            routes: vec![None; count as usize],
             enabled: false,
             function_masked: false,
             requester_id,
@@ -107,8 +117,8 @@ impl Msix {
     pub fn set_control(&mut self, control: u16) {
         self.enabled = control & MSIX_ENABLE != 0;
         self.function_masked = control & MSIX_FUNCTION_MASK != 0;
+        self.update_routes(0..self.entries.len());
         for i in 0..self.entries.len() {
-            self.update_route(i);
             self.fire_pending(i);
         }
     }
@@ -117,14 +127,39 @@ impl Msix {
         self.enabled && !self.function_masked && !self.entries[i].masked()
     }
 
-    fn update_route(&self, i: usize) {
-        let msg = self.deliverable(i).then(|| self.entries[i].message());
-        log::trace!("MSI-X vector {i}: route {msg:x?}");
-        if let Err(e) = self
-            .router
-            .set_route(self.vectors[i].gsi, self.requester_id, msg)
-        {
-            log::warn!("MSI-X route of vector {i} not updated: {e}");
+    /// Brings the routes of `vectors` in line with the table and the
+    /// control register, in one router call for everything that changed.
+    fn update_routes(&mut self, vectors: Range<usize>) {
+        let mut changed = Vec::new();
+        let mut updates = Vec::new();
+        for i in vectors {
+            let msg = self.deliverable(i).then(|| self.entries[i].message());
+            if self.routes.get(i).is_some_and(|r| *r != msg) {
+                log::trace!("MSI-X vector {i}: route {msg:x?}");
+                changed.push((i, msg));
+                updates.push(RouteUpdate {
+                    gsi: self.vectors[i].gsi,
+                    requester_id: self.requester_id,
+                    msg,
+                });
+            }
+        }
+        if updates.is_empty() {
+            return;
+        }
+        match self.router.set_routes(&updates) {
+            Ok(()) => {
+                for (i, msg) in changed {
+                    self.routes[i] = msg;
+                }
+            }
+            // Left as they were: the next write retries them.
+            Err(e) => host_log!(
+                log::Level::Error,
+                "MSI-X {:#06x}: routes of {} vectors not updated: {e}",
+                self.requester_id,
+                updates.len()
+            ),
         }
     }
 
@@ -169,7 +204,7 @@ impl Msix {
         e.data = w(8);
         // Only the mask bit of Vector Control is defined; the rest is reserved.
         e.control = w(12) & VECTOR_CTRL_MASK;
-        self.update_route(idx);
+        self.update_routes(idx..idx + 1);
         self.fire_pending(idx);
     }
 
@@ -211,9 +246,7 @@ impl Msix {
         self.pending.iter_mut().for_each(|p| *p = false);
         self.enabled = false;
         self.function_masked = false;
-        for i in 0..self.entries.len() {
-            self.update_route(i);
-        }
+        self.update_routes(0..self.entries.len());
     }
 }
 
@@ -247,6 +280,49 @@ mod tests {
             })
         );
         assert_eq!(m.vectors[1].irqfd.read().unwrap(), 1);
+    }
+
+    /// Programs every entry of an `n`-vector table, unmasked, with MSI-X
+    /// still disabled.
+    fn programmed(n: u16) -> (Msix, Arc<RecordingRouter>) {
+        let router = Arc::new(RecordingRouter::default());
+        let mut m = Msix::new(n, 0x8, router.clone()).unwrap();
+        for i in 0..n as u64 {
+            m.write_table(i * 16, &0xfee0_0000u32.to_le_bytes());
+            m.write_table(i * 16 + 8, &(0x40 + i as u32).to_le_bytes());
+            m.write_table(i * 16 + 12, &0u32.to_le_bytes());
+        }
+        (m, router)
+    }
+
+    #[test]
+    fn one_control_write_is_one_routing_update() {
+        let n = 64;
+        let (mut m, router) = programmed(n);
+        // Nothing deliverable yet: no route changed, nothing sent.
+        assert_eq!(router.table_updates(), 0);
+        m.set_control(MSIX_ENABLE);
+        assert_eq!(router.table_updates(), 1);
+        assert_eq!(router.routes.lock().unwrap().len(), n as usize);
+        // Function mask on and off: one update each.
+        m.set_control(MSIX_ENABLE | MSIX_FUNCTION_MASK);
+        assert_eq!(router.table_updates(), 2);
+        m.set_control(MSIX_ENABLE);
+        assert_eq!(router.table_updates(), 3);
+        assert_eq!(router.routes.lock().unwrap().len(), 3 * n as usize);
+        // Rewriting the same control value changes nothing.
+        m.set_control(MSIX_ENABLE);
+        assert_eq!(router.table_updates(), 3);
+        // One entry masked: one update, for that vector only.
+        m.write_table(5 * 16 + 12, &1u32.to_le_bytes());
+        assert_eq!(router.table_updates(), 4);
+        let routes = router.routes.lock().unwrap();
+        assert_eq!(*routes.last().unwrap(), (m.vectors[5].gsi, 0x8, None));
+        drop(routes);
+        // Reset: one update removing the other routes.
+        m.reset();
+        assert_eq!(router.table_updates(), 5);
+        assert_eq!(router.routes.lock().unwrap().len(), 3 * n as usize + 1 + 63);
     }
 
     #[test]

@@ -6,10 +6,12 @@
 //! wrapper of `vfio_ioctls::VfioDevice` that also makes dropping the device
 //! safe (see its documentation).
 
+use std::fs::File;
 use std::io;
 use std::mem::ManuallyDrop;
 use std::ops::Deref;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::fs::FileExt;
 
 use vfio_bindings::bindings::vfio::{
     VFIO_BASE, VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_ACTION_UNMASK, VFIO_IRQ_SET_DATA_EVENTFD,
@@ -19,6 +21,8 @@ use vfio_bindings::bindings::vfio::{
 };
 use vfio_ioctls::VfioRegionInfoCap;
 use vmm_sys_util::eventfd::EventFd;
+
+use crate::host_log;
 
 /// VFIO region index of the ROM BAR of a PCI device.
 pub const ROM_REGION: u32 = 6;
@@ -194,6 +198,31 @@ impl VfioDevice {
         }
     }
 
+    /// The device fd offset of `[offset, offset + len)` in region `index`,
+    /// when the region holds it and allows `access` (a region info flag).
+    ///
+    /// Region accesses are made here rather than through vfio-ioctls,
+    /// which logs a warning for every refused or failed access: the guest
+    /// decides how often those happen.
+    fn region_span(&self, index: u32, offset: u64, len: usize, access: u32) -> Option<u64> {
+        if index > CONFIG_REGION || self.inner.get_region_flags(index) & access == 0 {
+            return None;
+        }
+        let end = offset.checked_add(u64::try_from(len).ok()?)?;
+        if end > self.inner.get_region_size(index) {
+            return None;
+        }
+        self.inner.get_region_offset(index).checked_add(offset)
+    }
+
+    /// The VFIO device fd as a file, for positioned reads and writes.
+    fn device_file(&self) -> ManuallyDrop<File> {
+        // SAFETY: the fd stays open as long as `self.inner`, which outlives
+        // the returned value's uses (it is borrowed from `&self`'s methods
+        // only); ManuallyDrop keeps the File from closing it.
+        ManuallyDrop::new(unsafe { File::from_raw_fd(self.inner.as_raw_fd()) })
+    }
+
     fn ioctl_set_irqs(&self, index: u32, flags: u32, start: u32, fds: &[RawFd]) -> io::Result<()> {
         // struct vfio_irq_set: argsz, flags, index, start, count, then the
         // data (one s32 fd per vector). A u32 buffer keeps it aligned.
@@ -277,23 +306,29 @@ impl VfioBackend for VfioDevice {
 
     fn region_read(&self, index: u32, offset: u64, data: &mut [u8]) {
         data.fill(0xff);
-        // vfio-ioctls adds offset and length unchecked: bound them first.
-        let size = self.inner.get_region_size(index);
-        if offset
-            .checked_add(data.len() as u64)
-            .is_some_and(|end| end <= size)
-        {
-            self.inner.region_read(index, data, offset);
+        let Some(at) = self.region_span(index, offset, data.len(), VFIO_REGION_INFO_FLAG_READ)
+        else {
+            return;
+        };
+        if let Err(e) = self.device_file().read_exact_at(data, at) {
+            data.fill(0xff);
+            host_log!(
+                log::Level::Warn,
+                "VFIO region {index} read at {offset:#x} failed: {e}"
+            );
         }
     }
 
     fn region_write(&self, index: u32, offset: u64, data: &[u8]) {
-        let size = self.inner.get_region_size(index);
-        if offset
-            .checked_add(data.len() as u64)
-            .is_some_and(|end| end <= size)
-        {
-            self.inner.region_write(index, data, offset);
+        let Some(at) = self.region_span(index, offset, data.len(), VFIO_REGION_INFO_FLAG_WRITE)
+        else {
+            return;
+        };
+        if let Err(e) = self.device_file().write_all_at(data, at) {
+            host_log!(
+                log::Level::Warn,
+                "VFIO region {index} write at {offset:#x} failed: {e}"
+            );
         }
     }
 

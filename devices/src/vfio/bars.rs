@@ -19,6 +19,7 @@ use std::sync::Arc;
 use super::backend::{HostMmap, RegionInfo, VfioBackend, CONFIG_REGION};
 use crate::memory_slots::GuestMemorySlots;
 use crate::pci::config::{Bar, BarKind, ConfigSpace, BAR0, NUM_BARS};
+use crate::{guest_warn, host_log};
 
 /// A part of a BAR that must stay trapped: `len` bytes at `offset` of `bar`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -247,7 +248,7 @@ impl Bars {
         b.mapped_at = Some(gpa);
         for area in &b.areas {
             let Some(at) = gpa.checked_add(area.offset).filter(|a| a % page == 0) else {
-                log::warn!(
+                guest_warn!(
                     "BAR{} at {gpa:#x}: not page aligned, accesses are trapped",
                     b.index
                 );
@@ -266,7 +267,8 @@ impl Bars {
                     );
                     b.slots.push(slot)
                 }
-                Err(e) => log::warn!(
+                Err(e) => host_log!(
+                    log::Level::Warn,
                     "BAR{} {:#x}+{:#x} not mapped into the guest at {at:#x} ({e}): \
                      accesses are trapped",
                     b.index,
@@ -281,7 +283,11 @@ impl Bars {
         let b = &mut self.bars[i];
         for slot in b.slots.drain(..) {
             if let Err(e) = self.slots.unmap(slot) {
-                log::warn!("BAR{}: removing memory slot {slot} failed: {e}", b.index);
+                host_log!(
+                    log::Level::Error,
+                    "BAR{}: removing memory slot {slot} failed: {e}",
+                    b.index
+                );
             }
         }
         b.mapped_at = None;

@@ -21,6 +21,7 @@ use super::backend::{IrqKind, VfioBackend};
 use super::config::MsixLayout;
 use super::intx::Intx;
 use super::msi::MsiVectors;
+use crate::host_log;
 use crate::interrupt::MsiRouter;
 use crate::pci::config::ConfigSpace;
 use crate::pci::msix::Msix;
@@ -119,7 +120,8 @@ impl VfioVectors {
                                 }
                             }
                         }
-                        Err(e) => log::warn!(
+                        Err(e) => host_log!(
+                            log::Level::Error,
                             "{:?} vectors {start}..{i}: VFIO did not take the new eventfds: {e}",
                             self.kind
                         ),
@@ -142,7 +144,8 @@ impl VfioVectors {
                 self.on = Some(want)
             }
             Err(e) => {
-                log::warn!(
+                host_log!(
+                    log::Level::Error,
                     "{:?}: VFIO could not enable {n} vectors: {e}; the device's interrupts are lost",
                     self.kind
                 );
@@ -156,7 +159,11 @@ impl VfioVectors {
     pub fn off(&mut self, backend: &dyn VfioBackend) {
         if self.on.take().is_some() {
             if let Err(e) = backend.disable_irq(self.kind) {
-                log::warn!("{:?}: VFIO could not disable the vectors: {e}", self.kind);
+                host_log!(
+                    log::Level::Warn,
+                    "{:?}: VFIO could not disable the vectors: {e}",
+                    self.kind
+                );
             }
             for i in 0..self.parks.len() {
                 self.take_parked(i);

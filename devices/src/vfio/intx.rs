@@ -21,6 +21,7 @@ use std::thread::JoinHandle;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::backend::{IrqKind, VfioBackend};
+use crate::host_log;
 use crate::ioapic::Ioapic;
 
 pub struct Intx {
@@ -64,7 +65,7 @@ impl Intx {
                         io.set_irq(pin, false);
                     }
                     if let Err(e) = backend.unmask_intx() {
-                        log::warn!("INTx: VFIO unmask failed: {e}");
+                        host_log!(log::Level::Error, "INTx: VFIO unmask failed: {e}");
                     }
                 }),
             )
@@ -97,7 +98,7 @@ impl Intx {
         {
             Ok(()) => self.on.store(true, Ordering::SeqCst),
             Err(e) => {
-                log::warn!("INTx: VFIO could not enable it: {e}");
+                host_log!(log::Level::Error, "INTx: VFIO could not enable it: {e}");
                 self.failed = true;
             }
         }
@@ -109,7 +110,7 @@ impl Intx {
             return;
         }
         if let Err(e) = self.backend.disable_irq(IrqKind::Intx) {
-            log::warn!("INTx: VFIO could not disable it: {e}");
+            host_log!(log::Level::Warn, "INTx: VFIO could not disable it: {e}");
         }
         let _ = self.trigger.read();
         self.ioapic.set_irq(self.pin, false);
@@ -162,7 +163,7 @@ fn forward(
         if !io.is_level_triggered(pin) && on.load(Ordering::SeqCst) {
             io.set_irq(pin, false);
             if let Err(e) = backend.unmask_intx() {
-                log::warn!("INTx: VFIO unmask failed: {e}");
+                host_log!(log::Level::Error, "INTx: VFIO unmask failed: {e}");
             }
         }
     }

@@ -15,7 +15,8 @@ use vmm_sys_util::eventfd::EventFd;
 use super::backend::{IrqKind, VfioBackend};
 use super::config::{MsiLayout, MSI_CTRL_ENABLE, MSI_CTRL_MME_SHIFT};
 use super::interrupts::{Target, VfioVectors};
-use crate::interrupt::{MsiMessage, MsiRouter};
+use crate::host_log;
+use crate::interrupt::{MsiMessage, MsiRouter, RouteUpdate};
 use crate::pci::config::ConfigSpace;
 
 struct Vector {
@@ -125,17 +126,35 @@ impl MsiVectors {
         self.address = (hi << 32) | emu.read_u32(l.address_lo()) as u64;
         self.data = emu.read_u16(l.data());
         self.mask = l.mask().map_or(0, |o| emu.read_u32(o));
-        for i in 0..self.vectors.len() {
-            let route = self.deliverable(i).then(|| self.message(i));
-            if route != self.routes[i] {
-                match self
-                    .router
-                    .set_route(self.vectors[i].gsi, self.requester_id, route)
-                {
-                    Ok(()) => self.routes[i] = route,
-                    Err(e) => log::warn!("MSI route of vector {i} not updated: {e}"),
+        // Every route this write changed, in one routing table update.
+        let changed: Vec<(usize, Option<MsiMessage>)> = (0..self.vectors.len())
+            .map(|i| (i, self.deliverable(i).then(|| self.message(i))))
+            .filter(|&(i, route)| route != self.routes[i])
+            .collect();
+        if !changed.is_empty() {
+            let updates: Vec<RouteUpdate> = changed
+                .iter()
+                .map(|&(i, msg)| RouteUpdate {
+                    gsi: self.vectors[i].gsi,
+                    requester_id: self.requester_id,
+                    msg,
+                })
+                .collect();
+            match self.router.set_routes(&updates) {
+                Ok(()) => {
+                    for (i, route) in changed {
+                        self.routes[i] = route;
+                    }
                 }
+                Err(e) => host_log!(
+                    log::Level::Error,
+                    "MSI {:#06x}: routes of {} vectors not updated: {e}",
+                    self.requester_id,
+                    updates.len()
+                ),
             }
+        }
+        for i in 0..self.vectors.len() {
             if self.deliverable(i) && self.pending & (1 << i) != 0 {
                 self.pending &= !(1 << i);
                 let _ = self.vectors[i].irqfd.write(1);

@@ -6,7 +6,8 @@ use vmm_sys_util::eventfd::EventFd;
 use std::sync::Arc;
 
 use viommu::DmaMemory;
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{GuestAddress, Permissions};
 
 /// Signals the driver; implemented by the transport (MSI-X).
 pub trait VirtioInterrupt: Send + Sync {
@@ -27,6 +28,17 @@ pub enum ActivateError {
     QueueCount(usize),
 }
 
+/// A device configuration space the transport reads and writes without
+/// taking the device's lock. The lock is held while the device processes
+/// its queues (host I/O included); a vCPU reading, say, the capacity of a
+/// disk must not wait for that.
+pub trait SharedConfig: Send + Sync {
+    /// Any offset and length must be handled (bytes outside read as zero).
+    fn read(&self, offset: u64, data: &mut [u8]);
+    /// Writes to read-only fields are ignored.
+    fn write(&self, _offset: u64, _data: &[u8]) {}
+}
+
 /// A virtio device type.
 pub trait VirtioDevice: Send {
     /// Virtio device ID (2 = block).
@@ -40,6 +52,13 @@ pub trait VirtioDevice: Send {
     /// Reads the device configuration space; any offset must be handled.
     fn read_config(&self, offset: u64, data: &mut [u8]);
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    /// The configuration space as a [`SharedConfig`], when the device has
+    /// one: the transport then uses it instead of `read_config` and
+    /// `write_config`, and never takes the device's lock for config
+    /// accesses.
+    fn shared_config(&self) -> Option<Arc<dyn SharedConfig>> {
+        None
+    }
     /// The driver set DRIVER_OK: start processing `queues` in `mem`.
     fn activate(
         &mut self,
@@ -52,11 +71,36 @@ pub trait VirtioDevice: Send {
     fn reset(&mut self);
 }
 
+/// Bytes of the split virtqueue parts for `size` entries (virtio 1.2
+/// §2.7): 16 per descriptor; flags, idx, the ring and used_event/avail_event.
+fn ring_sizes(size: u16) -> [(u64, Permissions); 3] {
+    let n = u64::from(size);
+    [
+        (16 * n, Permissions::Read),
+        (6 + 2 * n, Permissions::Read),
+        (6 + 8 * n, Permissions::Write),
+    ]
+}
+
 /// Checks every queue's rings lie in `mem` before use.
+///
+/// The accessibility checks are made here first, quietly: virtio-queue's
+/// `is_valid` logs an error for each inaccessible ring, and a driver could
+/// repeat that with every reset. It still has the last word.
 pub fn validate_queues<M: GuestMemory>(queues: &[Queue], mem: &M) -> Result<(), ActivateError> {
-    use virtio_queue::QueueT;
     for (i, q) in queues.iter().enumerate() {
-        if q.ready() && !q.is_valid(mem) {
+        if !q.ready() {
+            continue;
+        }
+        let addrs = [q.desc_table(), q.avail_ring(), q.used_ring()];
+        let accessible = addrs
+            .iter()
+            .zip(ring_sizes(q.size()))
+            .all(|(&addr, (len, access))| {
+                usize::try_from(len)
+                    .is_ok_and(|len| mem.check_range(GuestAddress(addr), len, access))
+            });
+        if !accessible || !q.is_valid(mem) {
             return Err(ActivateError::InvalidQueue(i));
         }
     }

@@ -15,15 +15,17 @@ use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::device::{validate_queues, VirtioDevice, VirtioInterrupt};
+use super::device::{validate_queues, SharedConfig, VirtioDevice, VirtioInterrupt};
 use super::{features, status};
 use crate::interrupt::{IoEventRegistry, MsiRouter};
 use crate::pci::caps::{add_dsn, add_msix, add_pcie_rciep, CAP_ID_VENDOR};
 use crate::pci::config::{Bar, BarKind, ConfigError, ConfigSpace};
 use crate::pci::msix::Msix;
 use crate::pci::PciDevice;
+use crate::{guest_warn, host_log};
 use viommu::{DmaSpace, GuestMemoryMmap};
 
 const BAR_INDEX: usize = 0;
@@ -95,6 +97,9 @@ pub struct VirtioPciDevice {
     pci_cfg_cap: usize,
     msix: Arc<Mutex<Msix>>,
     device: Arc<Mutex<dyn VirtioDevice>>,
+    /// The device's config space when it can be reached without the
+    /// device's lock (held while it does I/O).
+    shared_config: Option<Arc<dyn SharedConfig>>,
     device_features: u64,
     device_feature_select: u32,
     driver_features: u64,
@@ -135,7 +140,7 @@ impl VirtioPciDevice {
         router: Arc<dyn MsiRouter>,
         ioevents: Arc<dyn IoEventRegistry>,
     ) -> Result<Self, VirtioPciError> {
-        let (dev_type, max_sizes, dev_features, queue_events) = {
+        let (dev_type, max_sizes, dev_features, queue_events, shared_config) = {
             let d = device
                 .lock()
                 .map_err(|_| std::io::Error::other("virtio device lock poisoned"))?;
@@ -144,6 +149,7 @@ impl VirtioPciDevice {
                 d.queue_max_sizes(),
                 d.device_features(),
                 d.queue_events(),
+                d.shared_config(),
             )
         };
         let num_queues = max_sizes.len();
@@ -237,6 +243,7 @@ impl VirtioPciDevice {
             pci_cfg_cap,
             msix: Arc::new(Mutex::new(msix)),
             device,
+            shared_config,
             device_features,
             device_feature_select: 0,
             driver_features: 0,
@@ -347,9 +354,12 @@ impl VirtioPciDevice {
             (0x16, 2) => self.queue_select = v as u16,
             (0x18, 2) if !running => {
                 if let Some(queue) = self.selected_queue() {
-                    // An invalid size leaves the queue unusable (is_valid fails);
-                    // it never reaches the device.
-                    queue.set_size(v as u16);
+                    // An invalid size is refused; the queue keeps the last
+                    // valid one (virtio-queue's set_size would log an error
+                    // for each such write).
+                    if queue.try_set_size(v as u16).is_err() {
+                        guest_warn!("virtio: queue {q}: invalid size {v}");
+                    }
                 }
             }
             (0x1a, 2) => {
@@ -373,10 +383,20 @@ impl VirtioPciDevice {
                 } else {
                     (None, Some(v as u32))
                 };
-                match offset & !7 {
-                    0x20 => queue.set_desc_table_address(lo, hi),
-                    0x28 => queue.set_avail_ring_address(lo, hi),
-                    _ => queue.set_used_ring_address(lo, hi),
+                // One half of a 64-bit address; a misaligned result is
+                // refused and the old address kept.
+                let merge = |old: u64| {
+                    let lo = lo.map_or(old & 0xffff_ffff, u64::from);
+                    let hi = hi.map_or(old >> 32, u64::from);
+                    GuestAddress((hi << 32) | lo)
+                };
+                let result = match offset & !7 {
+                    0x20 => queue.try_set_desc_table_address(merge(queue.desc_table())),
+                    0x28 => queue.try_set_avail_ring_address(merge(queue.avail_ring())),
+                    _ => queue.try_set_used_ring_address(merge(queue.used_ring())),
+                };
+                if let Err(e) = result {
+                    guest_warn!("virtio: queue {q}: ring address refused: {e}");
                 }
             }
             _ => {}
@@ -435,7 +455,7 @@ impl VirtioPciDevice {
         match result {
             Ok(()) => self.register_notify(),
             Err(e) => {
-                log::warn!("virtio device {:#06x}: {e}", self.dma.requester_id());
+                guest_warn!("virtio device {:#06x}: {e}", self.dma.requester_id());
                 interrupt.set_needs_reset();
             }
         }
@@ -447,7 +467,11 @@ impl VirtioPciDevice {
             let addr = base + NOTIFY_OFFSET + i as u64 * NOTIFY_MULTIPLIER as u64;
             match self.ioevents.register_mmio(fd, addr) {
                 Ok(()) => self.registered_notify.push((i, addr)),
-                Err(e) => log::warn!("queue {i} notification stays trapped: {e}"),
+                Err(e) => host_log!(
+                    log::Level::Warn,
+                    "virtio device {:#06x}: queue {i} notification stays trapped: {e}",
+                    self.dma.requester_id()
+                ),
             }
         }
     }
@@ -488,8 +512,13 @@ impl VirtioPciDevice {
                 }
             }
             o if (DEVICE_OFFSET..DEVICE_OFFSET + DEVICE_SIZE).contains(&o) => {
-                if let Ok(d) = self.device.lock() {
-                    d.read_config(o - DEVICE_OFFSET, data);
+                match &self.shared_config {
+                    Some(c) => c.read(o - DEVICE_OFFSET, data),
+                    None => {
+                        if let Ok(d) = self.device.lock() {
+                            d.read_config(o - DEVICE_OFFSET, data);
+                        }
+                    }
                 }
             }
             o if (MSIX_TABLE_OFFSET..MSIX_PBA_OFFSET).contains(&o) => {
@@ -510,8 +539,13 @@ impl VirtioPciDevice {
         match offset {
             o if o < COMMON_OFFSET + COMMON_SIZE => self.write_common(o - COMMON_OFFSET, data),
             o if (DEVICE_OFFSET..DEVICE_OFFSET + DEVICE_SIZE).contains(&o) => {
-                if let Ok(mut d) = self.device.lock() {
-                    d.write_config(o - DEVICE_OFFSET, data);
+                match &self.shared_config {
+                    Some(c) => c.write(o - DEVICE_OFFSET, data),
+                    None => {
+                        if let Ok(mut d) = self.device.lock() {
+                            d.write_config(o - DEVICE_OFFSET, data);
+                        }
+                    }
                 }
             }
             o if (NOTIFY_OFFSET..MSIX_TABLE_OFFSET).contains(&o) => {
@@ -607,3 +641,6 @@ impl PciDevice for VirtioPciDevice {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -4,6 +4,8 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use super::fault::Reason;
+
 pub struct Counters {
     /// Pages translated through the tables (IOTLB hit or walk).
     pub translations: AtomicU64,
@@ -19,9 +21,9 @@ pub struct Counters {
     pub page_requests: AtomicU64,
     pub page_responses: AtomicU64,
     pub interrupts_remapped: AtomicU64,
-    /// Invalidations by descriptor type (1..=9) or register (index 0 = CCMD, 10 = IOTLB reg).
+    /// Invalidations, indexed by [`Invalidation`] (`kind as usize`).
     pub invalidations: [AtomicU64; 16],
-    /// Faults by reason code.
+    /// Faults, indexed by reason code ([`Reason`]`.0`).
     pub fault_reasons: [AtomicU64; 256],
     pub invalidation_waits: AtomicU64,
     pub queue_errors: AtomicU64,
@@ -33,20 +35,60 @@ pub struct Counters {
     pub host_errors: AtomicU64,
 }
 
-/// Names of the invalidation counters' slots.
-const INVALIDATION_NAMES: [&str; 11] = [
-    "ccmd",
-    "cc",
-    "iotlb",
-    "dev_tlb",
-    "iec",
-    "wait",
-    "p_iotlb",
-    "pasid_cache",
-    "p_dev_tlb",
-    "page_response",
-    "iotlb_reg",
-];
+/// What one slot of [`Counters::invalidations`] counts: a queued
+/// descriptor type, at its type number (§6.5.2), or one of the
+/// register-based commands (§6.5.1) at the slots descriptor types leave
+/// free.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Invalidation {
+    /// Context command register (CCMD).
+    ContextCommand = 0,
+    ContextCache = 1,
+    Iotlb = 2,
+    DeviceTlb = 3,
+    InterruptEntryCache = 4,
+    Wait = 5,
+    PasidIotlb = 6,
+    PasidCache = 7,
+    PasidDeviceTlb = 8,
+    PageGroupResponse = 9,
+    /// IOTLB invalidate register.
+    IotlbCommand = 10,
+}
+
+impl Invalidation {
+    /// Every slot, in the order the summary prints them.
+    pub const ALL: [Invalidation; 11] = [
+        Invalidation::ContextCommand,
+        Invalidation::ContextCache,
+        Invalidation::Iotlb,
+        Invalidation::DeviceTlb,
+        Invalidation::InterruptEntryCache,
+        Invalidation::Wait,
+        Invalidation::PasidIotlb,
+        Invalidation::PasidCache,
+        Invalidation::PasidDeviceTlb,
+        Invalidation::PageGroupResponse,
+        Invalidation::IotlbCommand,
+    ];
+
+    /// The name in the summary (`inv_<name>=`), which tools parse.
+    pub fn name(self) -> &'static str {
+        match self {
+            Invalidation::ContextCommand => "ccmd",
+            Invalidation::ContextCache => "cc",
+            Invalidation::Iotlb => "iotlb",
+            Invalidation::DeviceTlb => "dev_tlb",
+            Invalidation::InterruptEntryCache => "iec",
+            Invalidation::Wait => "wait",
+            Invalidation::PasidIotlb => "p_iotlb",
+            Invalidation::PasidCache => "pasid_cache",
+            Invalidation::PasidDeviceTlb => "p_dev_tlb",
+            Invalidation::PageGroupResponse => "page_response",
+            Invalidation::IotlbCommand => "iotlb_reg",
+        }
+    }
+}
 
 impl Default for Counters {
     fn default() -> Self {
@@ -74,9 +116,17 @@ impl Default for Counters {
 }
 
 impl Counters {
-    pub fn bump_fault(&self, reason: u8) {
+    pub fn bump_fault(&self, reason: Reason) {
         self.faults.fetch_add(1, Relaxed);
-        self.fault_reasons[reason as usize].fetch_add(1, Relaxed);
+        self.fault_reasons[reason.0 as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn bump_invalidation(&self, kind: Invalidation) {
+        self.invalidations[kind as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn invalidation_count(&self, kind: Invalidation) -> u64 {
+        self.invalidations[kind as usize].load(Relaxed)
     }
 
     /// One line of `key=value` pairs.
@@ -106,8 +156,8 @@ impl Counters {
             self.host_unmap_calls.load(Relaxed),
             self.host_errors.load(Relaxed),
         );
-        for (i, name) in INVALIDATION_NAMES.iter().enumerate() {
-            let _ = write!(s, " inv_{name}={}", self.invalidations[i].load(Relaxed));
+        for kind in Invalidation::ALL {
+            let _ = write!(s, " inv_{}={}", kind.name(), self.invalidation_count(kind));
         }
         for (r, c) in self.fault_reasons.iter().enumerate() {
             let n = c.load(Relaxed);

@@ -1,5 +1,17 @@
 //! Fault reasons (VT-d spec §7.1.3, Table "Unsuccessful Translated/
 //! Untranslated Requests") and primary fault recording (§7.2.1, §11.4.14).
+//!
+//! The log of fault records is plain data; the `impl IntelIommu` block at
+//! the end is the unit's side: reporting a fault, mirroring the log into
+//! the fault recording registers and FSTS, and the fault status rules
+//! that decide when a fault event fires.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use super::regs::{
+    FRCD, FSTS, FSTS_ICE, FSTS_IQE, FSTS_ITE, FSTS_PFO, FSTS_PPF, NUM_FAULT_RECORDS,
+};
+use super::unit::{IntelIommu, State};
 
 /// A fault reason code as written to a fault recording register.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -169,6 +181,73 @@ impl FaultLog {
 
     pub fn clear(&mut self) {
         *self = FaultLog::default();
+    }
+}
+
+// --- fault status and recording registers (§7.2, §11.4.7) ---
+
+impl IntelIommu {
+    /// Status bits whose presence means a new one is not a new interrupt
+    /// condition (§11.4.7.1).
+    pub(super) const FSTS_PENDING: u32 = FSTS_PFO | FSTS_PPF | FSTS_IQE | FSTS_ICE | FSTS_ITE;
+
+    /// Sets a fault status bit; the fault event fires only when no status
+    /// was already pending.
+    pub(super) fn fault_status(st: &mut State, bit: u32) {
+        let fsts = st.regs.get32(FSTS);
+        st.regs.set32(FSTS, fsts | bit);
+        if fsts & Self::FSTS_PENDING == 0 {
+            Self::fault_event(st);
+        }
+    }
+
+    /// Mirrors the fault log into the registers and FSTS.PPF/FRI.
+    fn publish_faults(st: &mut State) {
+        for i in 0..NUM_FAULT_RECORDS {
+            let r = st.faults.records[i];
+            st.regs.set64(FRCD + i * 16, r.lo);
+            st.regs.set64(FRCD + i * 16 + 8, r.hi);
+        }
+        let mut fsts = st.regs.get32(FSTS) & !(FSTS_PPF | 0xff00);
+        if let Some(i) = st.faults.first_pending() {
+            fsts |= FSTS_PPF | ((i as u32) << 8);
+        }
+        st.regs.set32(FSTS, fsts);
+    }
+
+    /// Software cleared F bits: take the registers as the truth.
+    pub(super) fn sync_fault_records_from_regs(&self, st: &mut State) {
+        for i in 0..NUM_FAULT_RECORDS {
+            if st.regs.get64(FRCD + i * 16 + 8) & (1 << 63) == 0 {
+                st.faults.records[i].hi &= !(1 << 63);
+            }
+        }
+        Self::publish_faults(st);
+    }
+
+    /// Counts a fault and records it (§7.2.1) unless recording is
+    /// disabled for it or the log overflowed (PFO stays until software
+    /// clears it).
+    pub(super) fn report(&self, st: &mut State, f: &Fault) {
+        self.counters.bump_fault(f.reason);
+        if !f.record {
+            return;
+        }
+        let fsts = st.regs.get32(FSTS);
+        if fsts & FSTS_PFO != 0 {
+            return;
+        }
+        match st.faults.record(f) {
+            Recorded::At(_) => {
+                self.counters.faults_recorded.fetch_add(1, Relaxed);
+                Self::publish_faults(st);
+                if fsts & Self::FSTS_PENDING == 0 {
+                    Self::fault_event(st);
+                }
+            }
+            // Overflow is not an interrupt condition of its own.
+            Recorded::Overflow => st.regs.set32(FSTS, fsts | FSTS_PFO),
+        }
     }
 }
 

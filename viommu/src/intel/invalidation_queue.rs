@@ -2,9 +2,20 @@
 //! ring at IQA between IQH and IQT, processed in order when software moves
 //! the tail. A bad descriptor or tail stops the queue with FSTS.IQE and the
 //! cause in IQERCD (§11.4.9.9); IQH is left on the offending descriptor.
+//!
+//! Here are the descriptors and their decoding, and the engine that runs
+//! them for the unit: one vCPU at a time, with the unit unlocked while an
+//! invalidation wait drains the DMA fence (see `drive_queue` below).
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{MutexGuard, Weak};
 
 use vm_memory::{Bytes, GuestAddress};
 
+use super::counters::Invalidation;
+use super::event::COMPLETION_EVENT;
+use super::regs::*;
+use super::unit::{EndpointMsg, IntelIommu, State};
 use crate::GuestMemoryMmap;
 
 /// Invalidation Queue Error Info codes (IQERCD.IQEI).
@@ -186,6 +197,282 @@ pub fn decode(q: [u64; 4], scalable: bool, pasid: bool) -> Result<Descriptor, u6
             index: ((q1 >> 3) & 0x1ff) as u16,
         }),
         _ => Err(iqei::BAD_TYPE),
+    }
+}
+
+// --- the queue engine (§6.5.2) ---
+
+/// Who runs the queue, and which enable its head belongs to.
+#[derive(Debug, Default)]
+pub(super) struct Engine {
+    /// A vCPU is running descriptors. It owns IQH, also while it waits
+    /// for the DMA fence with the unit unlocked, and it runs until IQH
+    /// reaches IQT: a tail write that finds the engine busy only moves
+    /// IQT.
+    busy: bool,
+    /// Counts queue enables, each of which resets IQH (§6.5.2). A wait
+    /// that was opened under an earlier enable leaves IQH alone when it
+    /// completes.
+    enables: u64,
+}
+
+impl Engine {
+    /// QIE went from 0 to 1 (and IQH was reset).
+    pub(super) fn enabled(&mut self) {
+        self.enables = self.enables.wrapping_add(1);
+    }
+}
+
+/// An invalidation wait the engine is completing with the unit unlocked.
+struct OpenWait {
+    wait: Descriptor,
+    /// Its offset in the queue and its size: IQH moves to `head + len`
+    /// once it completed.
+    head: u64,
+    len: u64,
+    /// [`Engine::enables`] when it was fetched.
+    enable: u64,
+}
+
+/// Hands the queue back if the vCPU running it unwinds (a panicking sink
+/// or endpoint): otherwise every later tail write would find the engine
+/// busy, and the queue would never run again.
+struct Owner<'a>(&'a IntelIommu);
+
+impl Drop for Owner<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.lock().queue.busy = false;
+        }
+    }
+}
+
+impl IntelIommu {
+    /// Runs the queue until IQH reaches IQT, one vCPU at a time.
+    ///
+    /// At an invalidation wait the running vCPU drops the lock and drains
+    /// the DMA fence, so that no device still uses a translation the guest
+    /// invalidated once the wait completes (§6.5.2.8), without stopping
+    /// other devices' translations meanwhile. Other vCPUs may write IQT in
+    /// that window. Were they to run the queue too, they would start from
+    /// the IQH of the open wait and run it a second time, and the two
+    /// completions would each move IQH on, past a descriptor nobody ran.
+    /// So a tail write that finds the engine busy only updates IQT, and
+    /// the running vCPU, which keeps IQH to itself until the wait
+    /// completes, takes the new tail before it lets go of the queue: each
+    /// descriptor runs once, in queue order (§6.5.2.11).
+    pub(super) fn drive_queue<'a>(&'a self, mut held: MutexGuard<'a, State>) {
+        if held.queue.busy {
+            self.sync_hosts(&mut held);
+            self.finish(held);
+            return;
+        }
+        held.queue.busy = true;
+        // Declared before `st`, so that on unwinding the state's lock is
+        // released before the owner takes it to hand the queue back.
+        let _owner = Owner(self);
+        let mut st = held;
+        while let Some(open) = self.process_queue(&mut st) {
+            // What the guest invalidated before the wait is in effect on
+            // the host before the wait completes.
+            self.sync_hosts(&mut st);
+            self.finish(st);
+            self.fence.drain();
+            st = self.lock();
+            self.complete_wait(&mut st, open);
+        }
+        // In the same hold of the lock as the last look at IQT: a tail
+        // written from now on finds the engine idle and runs it.
+        st.queue.busy = false;
+        self.sync_hosts(&mut st);
+        self.finish(st);
+    }
+
+    /// Completes a wait once the fence drained, whatever software did to
+    /// the queue meanwhile. The wait was fetched, so it completes, once,
+    /// even if the queue was disabled since (software is to see IQH reach
+    /// IQT before it disables the queue, §6.5.2; moving IQH past the wait
+    /// lets such a poll finish). An enable meanwhile reset IQH, which then
+    /// stays as the enable left it. A tail written meanwhile is checked
+    /// when the engine next fetches, as any tail write is (§6.5.2.10); a
+    /// changed IQA is realigned to there too.
+    fn complete_wait(&self, st: &mut State, open: OpenWait) {
+        self.execute(st, open.wait);
+        if st.queue.enables == open.enable {
+            let size = 4096u64 << (st.regs.get64(IQA) & 7);
+            st.regs.set64(IQH, (open.head + open.len) % size);
+        }
+    }
+
+    fn queue_error(&self, st: &mut State, code: u64) {
+        self.counters.queue_errors.fetch_add(1, Relaxed);
+        st.regs.set64(IQERCD, code);
+        Self::fault_status(st, FSTS_IQE);
+    }
+
+    /// Runs descriptors from IQH to IQT; stops at an invalidation wait
+    /// (leaving IQH on it) and returns it for the caller to complete.
+    fn process_queue(&self, st: &mut State) -> Option<OpenWait> {
+        if st.regs.get32(GSTS) & GSTS_QIES == 0 || st.regs.get32(FSTS) & FSTS_IQE != 0 {
+            return None;
+        }
+        let iqa = st.regs.get64(IQA);
+        let wide = iqa & (1 << 11) != 0;
+        let desc = if wide { 32 } else { 16 };
+        let size = 4096u64 << (iqa & 7);
+        let base = iqa & !0xfff;
+        let tail = st.regs.get64(IQT) & 0x7fff0;
+        if tail >= size || !tail.is_multiple_of(desc) {
+            self.queue_error(st, iqei::BAD_TAIL);
+            return None;
+        }
+        // IQH may sit off the ring if software changed IQA under an
+        // enabled queue: realign it rather than loop forever.
+        let mut head = (st.regs.get64(IQH) & 0x7fff0) % size / desc * desc;
+        let scalable = st.features.scalable;
+        let pasid = st.features.page_requests;
+        // At most one pass over the ring per call.
+        let mut budget = size / desc;
+        while head != tail && budget > 0 {
+            budget -= 1;
+            let d = fetch(&self.mem, base, head, wide).and_then(|q| decode(q, scalable, pasid));
+            match d {
+                Ok(wait @ Descriptor::Wait { .. }) => {
+                    st.regs.set64(IQH, head);
+                    return Some(OpenWait {
+                        wait,
+                        head,
+                        len: desc,
+                        enable: st.queue.enables,
+                    });
+                }
+                Ok(d) => self.execute(st, d),
+                Err(code) => {
+                    st.regs.set64(IQH, head);
+                    self.queue_error(st, code);
+                    return None;
+                }
+            }
+            head = (head + desc) % size;
+        }
+        st.regs.set64(IQH, head);
+        None
+    }
+
+    fn execute(&self, st: &mut State, d: Descriptor) {
+        let kind = match d {
+            Descriptor::ContextCache {
+                granularity,
+                did,
+                sid,
+                fm,
+            } => {
+                match granularity {
+                    1 => st.caches.flush_context_all(),
+                    2 => st.caches.flush_context_domain(did),
+                    _ => st.caches.flush_context_device(sid, fm),
+                }
+                st.host_dirty.everything();
+                Invalidation::ContextCache
+            }
+            Descriptor::Iotlb {
+                granularity,
+                did,
+                addr,
+                am,
+                ..
+            } => {
+                match granularity {
+                    1 => st.caches.flush_iotlb_all(),
+                    2 => st.caches.flush_iotlb_domain(did),
+                    _ => st.caches.flush_iotlb_pages(did, None, addr, am),
+                }
+                Self::iotlb_dirty(st, granularity as u64, did, addr, am);
+                Invalidation::Iotlb
+            }
+            Descriptor::DeviceTlb { sid, .. } => {
+                Self::to_endpoint(st, sid, EndpointMsg::InvalidateAtc { pasid: None });
+                Invalidation::DeviceTlb
+            }
+            Descriptor::InterruptEntryCache { .. } => {
+                st.remap_changed = true;
+                Invalidation::InterruptEntryCache
+            }
+            Descriptor::Wait {
+                interrupt,
+                status_write,
+                data,
+                addr,
+                ..
+            } => {
+                // Every translation that started before this point has
+                // finished: they run under the same lock.
+                self.counters.invalidation_waits.fetch_add(1, Relaxed);
+                if status_write && self.mem.write_obj(data, GuestAddress(addr)).is_err() {
+                    // A status address outside memory is an invalidation
+                    // completion error (§6.5.2.8).
+                    Self::fault_status(st, FSTS_ICE);
+                }
+                if interrupt {
+                    let ics = st.regs.get32(ICS);
+                    st.regs.set32(ICS, ics | ICS_IWC);
+                    if ics & ICS_IWC == 0 {
+                        Self::raise(st, COMPLETION_EVENT);
+                    }
+                }
+                Invalidation::Wait
+            }
+            Descriptor::PasidIotlb {
+                granularity,
+                did,
+                pasid,
+                addr,
+                am,
+                ..
+            } => {
+                match granularity {
+                    2 => st.caches.flush_iotlb_pasid(did, pasid),
+                    _ => st.caches.flush_iotlb_pages(did, Some(pasid), addr, am),
+                }
+                Self::iotlb_dirty(st, if granularity == 2 { 2 } else { 3 }, did, addr, am);
+                Invalidation::PasidIotlb
+            }
+            Descriptor::PasidCache {
+                granularity,
+                did,
+                pasid,
+            } => {
+                match granularity {
+                    0 => st.caches.flush_pasid_domain(did),
+                    1 => st.caches.flush_pasid_selective(did, pasid),
+                    _ => st.caches.flush_pasid_all(),
+                }
+                st.host_dirty.everything();
+                Invalidation::PasidCache
+            }
+            Descriptor::PasidDeviceTlb { sid, pasid, .. } => {
+                Self::to_endpoint(st, sid, EndpointMsg::InvalidateAtc { pasid: Some(pasid) });
+                Invalidation::PasidDeviceTlb
+            }
+            Descriptor::PageGroupResponse {
+                rid,
+                pasid,
+                code,
+                index,
+                ..
+            } => {
+                self.counters.page_responses.fetch_add(1, Relaxed);
+                Self::to_endpoint(st, rid, EndpointMsg::Response { pasid, index, code });
+                Invalidation::PageGroupResponse
+            }
+        };
+        self.counters.bump_invalidation(kind);
+    }
+
+    fn to_endpoint(st: &mut State, rid: u16, msg: EndpointMsg) {
+        if let Some(ep) = st.endpoints.get(&rid).and_then(Weak::upgrade) {
+            st.to_endpoints.push((ep, msg));
+        }
     }
 }
 

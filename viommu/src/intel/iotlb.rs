@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
+use super::address_mask::MaskedRange;
 use super::context::{LegacyContext, ScalableContext};
 use super::pasid::PasidEntry;
 use super::second_stage::Leaf;
@@ -72,6 +73,13 @@ struct TlbKey {
 /// Bound on cached translations; past it the IOTLB starts over (a real
 /// IOTLB evicts too, and a miss only costs a walk).
 const IOTLB_CAPACITY: usize = 16384;
+
+/// Bound on cached PASID-table entries, for the same reason. Without it
+/// the cache grows with every (requester, PASID) that ever translated:
+/// PASIDs are 20 bits, and a guest can make all 2^20 of a device valid
+/// with one PASID table page that every directory entry points to. Each
+/// context-cache invalidation also scans this cache.
+const PASID_CACHE_CAPACITY: usize = 4096;
 const SIZES: [u8; 3] = [12, 21, 30];
 
 #[derive(Default)]
@@ -95,7 +103,14 @@ impl Caches {
     }
 
     pub fn insert_pasid(&mut self, sid: u16, pasid: u32, e: PasidEntry) {
+        if self.pasid.len() >= PASID_CACHE_CAPACITY {
+            self.pasid.clear();
+        }
         self.pasid.insert((sid, pasid), e);
+    }
+
+    pub fn pasid_len(&self) -> usize {
+        self.pasid.len()
     }
 
     pub fn lookup(&self, did: u16, pasid: u32, iova: u64) -> Option<Leaf> {
@@ -184,20 +199,16 @@ impl Caches {
     }
 
     /// Page-selective: `2^am` 4 KiB pages at `addr` (aligned down to the
-    /// mask), for one PASID or (None) for every PASID of the domain.
+    /// mask, the whole space for a mask past the address width: see
+    /// [`MaskedRange`]), for one PASID or (None) for every PASID of the
+    /// domain.
     pub fn flush_iotlb_pages(&mut self, did: u16, pasid: Option<u32>, addr: u64, am: u8) {
-        // AM is 6 bits of guest input; past 51 the span is the whole space.
-        let am = am.min(51) as u32;
-        let span = 1u64 << (12 + am);
-        let start = addr & !(span - 1);
-        let end = start.saturating_add(span);
+        let range = MaskedRange::new(addr, am);
         self.iotlb.retain(|k, _| {
             if k.did != did || pasid.is_some_and(|p| p != k.pasid) {
                 return true;
             }
-            let base = k.page << k.size_shift;
-            let top = base.saturating_add(1u64 << k.size_shift);
-            top <= start || base >= end
+            !range.overlaps(k.page << k.size_shift, 1u64 << k.size_shift)
         });
     }
 
@@ -254,6 +265,26 @@ mod tests {
         assert!(c.lookup(1, NO_PASID, 0x20_0000).is_none());
         c.flush_iotlb_domain(1);
         assert_eq!(c.iotlb_len(), 0);
+    }
+
+    /// Every PASID of a device translating once (a guest can make all
+    /// 2^20 valid) fills the PASID cache only up to its bound.
+    #[test]
+    fn pasid_cache_is_bounded() {
+        use super::super::pasid::Pgtt;
+        let mut c = Caches::default();
+        let e = PasidEntry {
+            did: 1,
+            fpd: false,
+            pgtt: Pgtt::PassThrough,
+            sre: false,
+            wpe: false,
+        };
+        for pasid in 0..3 * PASID_CACHE_CAPACITY as u32 {
+            c.insert_pasid(8, pasid, e);
+            assert!(c.pasid_len() <= PASID_CACHE_CAPACITY, "PASID {pasid}");
+            assert_eq!(c.pasid(8, pasid), Some(e));
+        }
     }
 
     #[test]

@@ -6,14 +6,20 @@
 //! [`crate::Translate`]; the VMM's interrupt router asks it to remap
 //! interrupts. Nothing here knows about KVM.
 
+pub mod address_mask;
 pub mod context;
 pub mod counters;
+mod event;
 pub mod fault;
 pub mod first_stage;
+// Test-only (the `test-utils` feature): fuzzers and tests feed the whole
+// unit arbitrary guest behaviour through it; the VMM has no use for it.
+#[cfg(any(test, feature = "test-utils"))]
 pub mod fuzz;
 pub mod interrupt_remap;
 pub mod invalidation_queue;
 pub mod iotlb;
+mod page_request_queue;
 pub mod pasid;
 pub mod passthrough;
 pub mod regs;
@@ -26,5 +32,7 @@ pub use counters::Counters;
 pub use passthrough::PassthroughMode;
 pub use regs::Features;
 pub use unit::{IntelIommu, InterruptSink, VtdConfig, VtdConfigError, HOST_ADDRESS_WIDTH};
+#[cfg(test)]
+mod queue_engine_tests;
 #[cfg(test)]
 mod tests;

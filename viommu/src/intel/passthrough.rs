@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use log::{info, warn};
 
+use super::address_mask::MaskedRange;
 use super::second_stage::SlTable;
 use super::translation::DeviceDomain;
 use crate::host::{HostAttachment, HostIommu};
@@ -45,6 +46,14 @@ impl HostDirty {
 
     pub fn domain(&mut self, did: u16) {
         self.range(Some(did), 0, u64::MAX);
+    }
+
+    /// A page-selective invalidation of domain `did`: the 2^`am` pages at
+    /// `addr`, the whole space for a mask past the address width (the
+    /// same range the IOTLB drops, see [`MaskedRange`]).
+    pub fn pages(&mut self, did: u16, addr: u64, am: u8) {
+        let r = MaskedRange::new(addr, am);
+        self.range(Some(did), r.start, r.end);
     }
 
     pub fn range(&mut self, did: Option<u16>, start: u64, end: u64) {

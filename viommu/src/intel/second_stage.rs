@@ -61,6 +61,12 @@ const PS: u64 = 1 << 7;
 
 /// Walks the table for `iova`. Access rights are the AND over all levels.
 pub fn walk(mem: &GuestMemoryMmap, t: &SlTable, iova: u64) -> Result<Leaf, SlError> {
+    // As in `for_each_leaf`: SAGAW offers at most 5 levels (the context
+    // and PASID entries decode no more); more would shift input addresses
+    // out of 64 bits.
+    if !(1..=5).contains(&t.levels) {
+        return Err(SlError::Reserved);
+    }
     let width = (12 + 9 * t.levels as u32).min(t.mgaw as u32);
     if width < 64 && iova >> width != 0 {
         return Err(SlError::BeyondWidth);
@@ -389,6 +395,22 @@ pub(crate) mod tests {
         let leaf = walk(&m, &table(4), 0x8123_4567).unwrap();
         assert_eq!((leaf.size_shift, leaf.read, leaf.write), (30, false, true));
         assert_eq!(leaf.translate(0x8123_4567), 0x4123_4567);
+    }
+
+    /// Level counts no context or PASID entry decodes are refused, not
+    /// walked (from 7 on, level shifts exceed 64 bits).
+    #[test]
+    fn only_one_to_five_level_tables_are_walked() {
+        let m = mem();
+        for levels in [0u8, 6, 7, 255] {
+            chain(&m, 5, 0x5000, 1, 0x9000 | R | W);
+            let t = SlTable {
+                levels,
+                mgaw: 64,
+                ..table(5)
+            };
+            assert_eq!(walk(&m, &t, 0x5000), Err(SlError::Reserved), "{levels}");
+        }
     }
 
     #[test]

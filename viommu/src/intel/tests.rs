@@ -2407,6 +2407,79 @@ mod passthrough {
         );
     }
 
+    /// A page-selective invalidation with an address mask of 52 or more
+    /// (2^AM pages are more than the 64-bit space; AM is a 6-bit field, so
+    /// a guest can write up to 63) covers everything: what the guest
+    /// unmapped leaves the host IOMMU, as it leaves the IOTLB. The host
+    /// path once computed an empty range there (a debug build panicked)
+    /// and kept the mapping.
+    #[test]
+    fn bug_huge_address_mask_unmaps_from_the_host() {
+        // Legacy: IOTLB descriptors, and the IVA register.
+        let (r, sl) = legacy_rig();
+        let host = Arc::new(FakeHost::default());
+        r.u.add_host_endpoint(host.clone());
+        r.qi_enable(false);
+        let slot = r.leaf_slot(sl, 4, 0x5000);
+        let remap = |r: &Rig| {
+            r.put(slot, DATA | R | W);
+            r.submit(&[d_iotlb(3, DID, 0x5000, 0), d_wait(false, Some((STATUS, 1)))]);
+            assert_eq!(r.u.shadow_live_bytes(), 0x3000);
+            host.take();
+        };
+        for am in 52..=63u64 {
+            remap(&r);
+            r.put(slot, 0);
+            // The mask makes every address bit irrelevant.
+            r.submit(&[
+                d_iotlb(3, DID, 0x1234_5000, am),
+                d_wait(false, Some((STATUS, 1))),
+            ]);
+            assert_eq!(host.take(), vec![Call::Unmap(0x5000, 0x1000)], "AM {am}");
+            assert_eq!(r.u.shadow_live_bytes(), 0x2000, "AM {am}");
+            assert!(r.read(0x5000).is_err(), "AM {am}: still in the IOTLB");
+        }
+        for am in 52..=63u64 {
+            remap(&r);
+            r.put(slot, 0);
+            r.w64(IVA, 0x1234_5000 | am);
+            r.w64(IOTLB, IOTLB_IVT | 3 << 60 | DID << 32);
+            assert_eq!(
+                host.take(),
+                vec![Call::Unmap(0x5000, 0x1000)],
+                "IVA AM {am}"
+            );
+            assert_eq!(r.u.shadow_live_bytes(), 0x2000, "IVA AM {am}");
+        }
+
+        // Scalable: PASID-based IOTLB descriptors for RID_PASID.
+        let (r, sl) = ss_rig();
+        let host = Arc::new(FakeHost::default());
+        r.u.add_host_endpoint(host.clone());
+        r.qi_enable(false);
+        let slot = r.leaf_slot(sl, 4, 0x5000);
+        for am in 52..=63u64 {
+            r.put(slot, DATA | R | W);
+            r.submit(&[
+                d_piotlb(3, DID, 0, 0x5000, 0),
+                d_wait(false, Some((STATUS, 1))),
+            ]);
+            assert_eq!(r.u.shadow_live_bytes(), 0x3000);
+            host.take();
+            r.put(slot, 0);
+            r.submit(&[
+                d_piotlb(3, DID, 0, 0x1234_5000, am),
+                d_wait(false, Some((STATUS, 1))),
+            ]);
+            assert_eq!(
+                host.take(),
+                vec![Call::Unmap(0x5000, 0x1000)],
+                "P_IOTLB AM {am}"
+            );
+            assert_eq!(r.u.shadow_live_bytes(), 0x2000, "P_IOTLB AM {am}");
+        }
+    }
+
     #[test]
     fn first_stage_tables_block_the_device() {
         let (r, _) = fs_rig();

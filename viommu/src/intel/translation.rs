@@ -357,7 +357,9 @@ fn fl_reason(e: FlError) -> Reason {
     match e {
         FlError::NonCanonical => Reason::SM_NON_CANONICAL,
         FlError::Access { .. } => Reason::SM_FL_ACCESS,
-        FlError::NotPresent => Reason::SM_FL_NOT_PRESENT,
+        // An entry that kept changing under the walk is one seen in
+        // transition (see `FlError::Unstable`).
+        FlError::NotPresent | FlError::Unstable => Reason::SM_FL_NOT_PRESENT,
         FlError::Reserved => Reason::SM_FL_RESERVED,
         FlError::Nested(SlError::BeyondWidth) => Reason::SM_NESTED_FL_BEYOND,
         FlError::Nested(e) => sl_reason_scalable(e),

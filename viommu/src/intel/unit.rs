@@ -1,18 +1,24 @@
-//! The unit: register side effects, invalidations, fault reporting and the
-//! translation entry point, all under one lock so that a translation and
-//! an invalidation never interleave (§6.5.2.8: an invalidation wait
-//! completes only after translations that started before it finished).
+//! The unit: its state, register side effects (global command,
+//! register-based invalidation), host sync and the translation entry
+//! points, all under one lock so that a translation and an invalidation
+//! never interleave (§6.5.2.8: an invalidation wait completes only after
+//! translations that started before it finished).
+//!
+//! The hardware objects the unit drives have files of their own, each an
+//! `impl IntelIommu` block over this state: the invalidation queue engine
+//! in `invalidation_queue.rs`, the page request queue in
+//! `page_request_queue.rs`, fault status and recording in `fault.rs` and
+//! the unit's own interrupts in `event.rs`.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use vm_memory::{Bytes, GuestAddress};
-
-use super::counters::Counters;
-use super::fault::{Fault, FaultLog, Reason, Recorded};
+use super::counters::{Counters, Invalidation};
+use super::event::{COMPLETION_EVENT, FAULT_EVENT, PAGE_REQUEST_EVENT};
+use super::fault::{Fault, FaultLog, Reason};
 use super::interrupt_remap::{self, IrOutcome, IrtConfig, MsiRequest};
-use super::invalidation_queue::{self as iq, Descriptor};
+use super::invalidation_queue::Engine;
 use super::iotlb::Caches;
 use super::passthrough::{HostDirty, HostEndpoint, PassthroughMode};
 use super::regs::*;
@@ -103,29 +109,34 @@ impl VtdConfig {
 pub const HAW: u8 = 46;
 pub use HAW as HOST_ADDRESS_WIDTH;
 
-struct State {
-    regs: RegFile,
-    features: Features,
-    caches: Caches,
-    faults: FaultLog,
+/// Everything the unit keeps, under its one lock. The files of the
+/// hardware objects (see the module comment) reach into it directly.
+pub(super) struct State {
+    pub(super) regs: RegFile,
+    pub(super) features: Features,
+    pub(super) caches: Caches,
+    pub(super) faults: FaultLog,
     /// Root table pointer latched by SRTP.
-    rtaddr: u64,
+    pub(super) rtaddr: u64,
     /// Interrupt-remapping table latched by SIRTP.
-    irt: IrtConfig,
+    pub(super) irt: IrtConfig,
     /// Interrupts to send once the lock is released.
-    outbox: Vec<(u64, u32)>,
-    remap_changed: bool,
+    pub(super) outbox: Vec<(u64, u32)>,
+    pub(super) remap_changed: bool,
     /// Devices with ATS/PRI, by requester ID.
-    endpoints: HashMap<u16, Weak<dyn AtsEndpoint>>,
+    pub(super) endpoints: HashMap<u16, Weak<dyn AtsEndpoint>>,
     /// Messages to endpoints, delivered once the lock is released.
-    to_endpoints: Vec<(Arc<dyn AtsEndpoint>, EndpointMsg)>,
+    pub(super) to_endpoints: Vec<(Arc<dyn AtsEndpoint>, EndpointMsg)>,
     /// Passthrough endpoints, whose host IOMMU follows the guest.
-    hosts: Vec<HostEndpoint>,
+    pub(super) hosts: Vec<HostEndpoint>,
     /// What the invalidations since the last host sync touched.
-    host_dirty: HostDirty,
+    pub(super) host_dirty: HostDirty,
+    /// The invalidation queue engine's own state.
+    pub(super) queue: Engine,
 }
 
-enum EndpointMsg {
+/// What the queue sends to an ATS/PRI endpoint once the lock is released.
+pub(super) enum EndpointMsg {
     Response {
         pasid: Option<u32>,
         index: u16,
@@ -139,8 +150,8 @@ enum EndpointMsg {
 pub struct IntelIommu {
     state: Mutex<State>,
     /// Device operations in flight, drained by invalidation waits.
-    fence: Arc<DmaFence>,
-    mem: GuestMemoryMmap,
+    pub(super) fence: Arc<DmaFence>,
+    pub(super) mem: GuestMemoryMmap,
     sink: Arc<dyn InterruptSink>,
     pub counters: Counters,
 }
@@ -167,6 +178,7 @@ impl IntelIommu {
                 to_endpoints: Vec::new(),
                 hosts: Vec::new(),
                 host_dirty: HostDirty::default(),
+                queue: Engine::default(),
             }),
             fence: Arc::new(DmaFence::default()),
             mem,
@@ -175,12 +187,12 @@ impl IntelIommu {
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Releases the lock, then delivers what the operation queued.
-    fn finish(&self, mut st: MutexGuard<'_, State>) {
+    pub(super) fn finish(&self, mut st: MutexGuard<'_, State>) {
         let outbox = std::mem::take(&mut st.outbox);
         let changed = std::mem::take(&mut st.remap_changed);
         let messages = std::mem::take(&mut st.to_endpoints);
@@ -254,13 +266,13 @@ impl IntelIommu {
             st.regs.set32(IECTL, c & !CTL_IP);
         }
         if touches(offset, len, FECTL, 4) {
-            Self::unmask(&mut st, FECTL, FEDATA, FEADDR, FEUADDR, fectl_before);
+            Self::unmask(&mut st, FAULT_EVENT, fectl_before);
         }
         if touches(offset, len, IECTL, 4) {
-            Self::unmask(&mut st, IECTL, IEDATA, IEADDR, IEUADDR, iectl_before);
+            Self::unmask(&mut st, COMPLETION_EVENT, iectl_before);
         }
         if touches(offset, len, PECTL, 4) {
-            Self::unmask(&mut st, PECTL, PEDATA, PEADDR, PEUADDR, pectl_before);
+            Self::unmask(&mut st, PAGE_REQUEST_EVENT, pectl_before);
         }
         run_queue |= touches(offset, len, IQT, 8);
         self.sync_hosts(&mut st);
@@ -269,64 +281,6 @@ impl IntelIommu {
         } else {
             self.finish(st);
         }
-    }
-
-    /// Processes the queue; at each invalidation wait, drops the lock and
-    /// waits for device operations that started earlier, so no device can
-    /// still be using a translation the guest invalidated (§6.5.2.8).
-    fn drive_queue<'a>(&'a self, mut st: MutexGuard<'a, State>) {
-        while let Some(wait) = self.process_queue(&mut st) {
-            // What the guest invalidated before the wait is in effect on
-            // the host before the wait completes.
-            self.sync_hosts(&mut st);
-            self.finish(st);
-            self.fence.drain();
-            st = self.lock();
-            self.execute(&mut st, wait);
-            let (size, desc) = Self::queue_geometry(&st);
-            let head = st.regs.get64(IQH) & 0x7fff0;
-            st.regs.set64(IQH, (head + desc) % size);
-        }
-        self.sync_hosts(&mut st);
-        self.finish(st);
-    }
-
-    fn queue_geometry(st: &State) -> (u64, u64) {
-        let iqa = st.regs.get64(IQA);
-        let desc = if iqa & (1 << 11) != 0 { 32 } else { 16 };
-        (4096u64 << (iqa & 7), desc)
-    }
-
-    // --- interrupts of the unit (§7.3, §6.5.2.9) ---
-
-    /// Clearing IM with IP set delivers the held interrupt.
-    fn unmask(st: &mut State, ctl: usize, data: usize, addr: usize, uaddr: usize, before: u32) {
-        let now = st.regs.get32(ctl);
-        if before & CTL_IM != 0 && now & CTL_IM == 0 && now & CTL_IP != 0 {
-            st.regs.set32(ctl, now & !CTL_IP);
-            Self::queue_msi(st, data, addr, uaddr);
-        }
-    }
-
-    fn queue_msi(st: &mut State, data: usize, addr: usize, uaddr: usize) {
-        let a = ((st.regs.get32(uaddr) as u64) << 32) | st.regs.get32(addr) as u64;
-        let d = st.regs.get32(data);
-        st.outbox.push((a, d));
-    }
-
-    /// Raises an interrupt through a control register: delivered now, or
-    /// held pending (IP) while masked.
-    fn raise(st: &mut State, ctl: usize, data: usize, addr: usize, uaddr: usize) {
-        let c = st.regs.get32(ctl);
-        if c & CTL_IM != 0 {
-            st.regs.set32(ctl, c | CTL_IP);
-        } else {
-            Self::queue_msi(st, data, addr, uaddr);
-        }
-    }
-
-    fn fault_event(st: &mut State) {
-        Self::raise(st, FECTL, FEDATA, FEADDR, FEUADDR);
     }
 
     // --- global command (§10.4.4) ---
@@ -363,6 +317,7 @@ impl IntelIommu {
         let qie = cmd & GCMD_QIE != 0;
         if qie && gsts & GSTS_QIES == 0 {
             st.regs.set64(IQH, 0);
+            st.queue.enabled();
         }
         set(&mut gsts, GSTS_QIES, qie);
         if st.features.intremap {
@@ -394,7 +349,8 @@ impl IntelIommu {
             _ => {}
         }
         st.host_dirty.everything();
-        self.counters.invalidations[0].fetch_add(1, Relaxed);
+        self.counters
+            .bump_invalidation(Invalidation::ContextCommand);
         // Done: ICC clears and CAIG reports the granularity performed.
         let caig = if cirg == 0 { 0 } else { cirg };
         st.regs
@@ -415,297 +371,12 @@ impl IntelIommu {
             _ => {}
         }
         Self::iotlb_dirty(st, iirg, did, iva & !0xfff, (iva & 0x3f) as u8);
-        self.counters.invalidations[10].fetch_add(1, Relaxed);
+        self.counters.bump_invalidation(Invalidation::IotlbCommand);
         st.regs
             .set64(IOTLB, (v & !IOTLB_IVT & !(3 << 57)) | (iirg << 57));
     }
 
-    // --- queued invalidation (§6.5.2) ---
-
-    /// Status bits whose presence means a new one is not a new interrupt
-    /// condition (§11.4.7.1).
-    const FSTS_PENDING: u32 = FSTS_PFO | FSTS_PPF | FSTS_IQE | FSTS_ICE | FSTS_ITE;
-
-    /// Sets a fault status bit; the fault event fires only when no status
-    /// was already pending.
-    fn fault_status(st: &mut State, bit: u32) {
-        let fsts = st.regs.get32(FSTS);
-        st.regs.set32(FSTS, fsts | bit);
-        if fsts & Self::FSTS_PENDING == 0 {
-            Self::fault_event(st);
-        }
-    }
-
-    fn queue_error(&self, st: &mut State, code: u64) {
-        self.counters.queue_errors.fetch_add(1, Relaxed);
-        st.regs.set64(IQERCD, code);
-        Self::fault_status(st, FSTS_IQE);
-    }
-
-    /// Runs descriptors from IQH to IQT; stops before an invalidation wait
-    /// (leaving IQH on it) and returns it for the caller to complete.
-    fn process_queue(&self, st: &mut State) -> Option<Descriptor> {
-        if st.regs.get32(GSTS) & GSTS_QIES == 0 || st.regs.get32(FSTS) & FSTS_IQE != 0 {
-            return None;
-        }
-        let iqa = st.regs.get64(IQA);
-        let wide = iqa & (1 << 11) != 0;
-        let desc = if wide { 32 } else { 16 };
-        let size = 4096u64 << (iqa & 7);
-        let base = iqa & !0xfff;
-        let tail = st.regs.get64(IQT) & 0x7fff0;
-        if tail >= size || !tail.is_multiple_of(desc) {
-            self.queue_error(st, iq::iqei::BAD_TAIL);
-            return None;
-        }
-        // IQH may sit off the ring if software changed IQA under an
-        // enabled queue: realign it rather than loop forever.
-        let mut head = (st.regs.get64(IQH) & 0x7fff0) % size / desc * desc;
-        let scalable = st.features.scalable;
-        let pasid = st.features.page_requests;
-        // At most one pass over the ring per tail write.
-        let mut budget = size / desc;
-        while head != tail && budget > 0 {
-            budget -= 1;
-            let d =
-                iq::fetch(&self.mem, base, head, wide).and_then(|q| iq::decode(q, scalable, pasid));
-            match d {
-                Ok(w @ Descriptor::Wait { .. }) => {
-                    st.regs.set64(IQH, head);
-                    return Some(w);
-                }
-                Ok(d) => self.execute(st, d),
-                Err(code) => {
-                    st.regs.set64(IQH, head);
-                    self.queue_error(st, code);
-                    return None;
-                }
-            }
-            head = (head + desc) % size;
-        }
-        st.regs.set64(IQH, head);
-        None
-    }
-
-    fn execute(&self, st: &mut State, d: Descriptor) {
-        let slot = match d {
-            Descriptor::ContextCache {
-                granularity,
-                did,
-                sid,
-                fm,
-            } => {
-                match granularity {
-                    1 => st.caches.flush_context_all(),
-                    2 => st.caches.flush_context_domain(did),
-                    _ => st.caches.flush_context_device(sid, fm),
-                }
-                st.host_dirty.everything();
-                1
-            }
-            Descriptor::Iotlb {
-                granularity,
-                did,
-                addr,
-                am,
-                ..
-            } => {
-                match granularity {
-                    1 => st.caches.flush_iotlb_all(),
-                    2 => st.caches.flush_iotlb_domain(did),
-                    _ => st.caches.flush_iotlb_pages(did, None, addr, am),
-                }
-                Self::iotlb_dirty(st, granularity as u64, did, addr, am);
-                2
-            }
-            Descriptor::DeviceTlb { sid, .. } => {
-                Self::to_endpoint(st, sid, EndpointMsg::InvalidateAtc { pasid: None });
-                3
-            }
-            Descriptor::InterruptEntryCache { .. } => {
-                st.remap_changed = true;
-                4
-            }
-            Descriptor::Wait {
-                interrupt,
-                status_write,
-                data,
-                addr,
-                ..
-            } => {
-                // Every translation that started before this point has
-                // finished: they run under the same lock.
-                self.counters.invalidation_waits.fetch_add(1, Relaxed);
-                if status_write && self.mem.write_obj(data, GuestAddress(addr)).is_err() {
-                    // A status address outside memory is an invalidation
-                    // completion error (§6.5.2.8).
-                    Self::fault_status(st, FSTS_ICE);
-                }
-                if interrupt {
-                    let ics = st.regs.get32(ICS);
-                    st.regs.set32(ICS, ics | ICS_IWC);
-                    if ics & ICS_IWC == 0 {
-                        Self::raise(st, IECTL, IEDATA, IEADDR, IEUADDR);
-                    }
-                }
-                5
-            }
-            Descriptor::PasidIotlb {
-                granularity,
-                did,
-                pasid,
-                addr,
-                am,
-                ..
-            } => {
-                match granularity {
-                    2 => st.caches.flush_iotlb_pasid(did, pasid),
-                    _ => st.caches.flush_iotlb_pages(did, Some(pasid), addr, am),
-                }
-                Self::iotlb_dirty(st, if granularity == 2 { 2 } else { 3 }, did, addr, am);
-                6
-            }
-            Descriptor::PasidCache {
-                granularity,
-                did,
-                pasid,
-            } => {
-                match granularity {
-                    0 => st.caches.flush_pasid_domain(did),
-                    1 => st.caches.flush_pasid_selective(did, pasid),
-                    _ => st.caches.flush_pasid_all(),
-                }
-                st.host_dirty.everything();
-                7
-            }
-            Descriptor::PasidDeviceTlb { sid, pasid, .. } => {
-                Self::to_endpoint(st, sid, EndpointMsg::InvalidateAtc { pasid: Some(pasid) });
-                8
-            }
-            Descriptor::PageGroupResponse {
-                rid,
-                pasid,
-                code,
-                index,
-                ..
-            } => {
-                self.counters.page_responses.fetch_add(1, Relaxed);
-                Self::to_endpoint(st, rid, EndpointMsg::Response { pasid, index, code });
-                9
-            }
-        };
-        self.counters.invalidations[slot].fetch_add(1, Relaxed);
-    }
-
-    fn to_endpoint(st: &mut State, rid: u16, msg: EndpointMsg) {
-        if let Some(ep) = st.endpoints.get(&rid).and_then(Weak::upgrade) {
-            st.to_endpoints.push((ep, msg));
-        }
-    }
-
-    // --- page requests (§7.5) ---
-
-    /// Writes a page request descriptor into the page request queue.
-    fn queue_page_request(&self, st: &mut State, r: &PageRequest) -> Result<(), DmaFault> {
-        let refuse = |reason: &str| DmaFault::Blocked {
-            iova: r.address,
-            len: 0,
-            reason: reason.into(),
-        };
-        if !st.features.page_requests {
-            return Err(refuse("page requests not supported"));
-        }
-        let pqa = st.regs.get64(PQA);
-        let size = 4096u64 << (pqa & 7);
-        let base = pqa & !0xfff;
-        let head = st.regs.get64(PQH) & 0x7ffe0;
-        let tail = st.regs.get64(PQT) & 0x7ffe0;
-        if base == 0 || (tail + 32) % size == head {
-            // No queue, or full: Page Request Overflow (§7.5.1); the
-            // request is answered with a failure.
-            let prs = st.regs.get32(PRS);
-            st.regs.set32(PRS, prs | PRS_PRO);
-            return Err(refuse("page request queue full"));
-        }
-        let mut qw0 = 1u64 | ((r.requester_id as u64) << 16);
-        if let Some(p) = r.pasid {
-            qw0 |= 1 << 8 | ((p as u64 & 0xf_ffff) << 32);
-        }
-        if r.exec {
-            qw0 |= 1 << 52;
-        }
-        if r.privileged {
-            qw0 |= 1 << 53;
-        }
-        let mut qw1 = r.address & !0xfff;
-        qw1 |= r.read as u64 | (r.write as u64) << 1 | (r.last as u64) << 2;
-        qw1 |= ((r.prg_index as u64) & 0x1ff) << 3;
-        let at = base + tail;
-        let written = [qw0, qw1, 0, 0].iter().enumerate().all(|(i, w)| {
-            self.mem
-                .write_obj(*w, GuestAddress(at + i as u64 * 8))
-                .is_ok()
-        });
-        if !written {
-            return Err(refuse("page request queue outside guest memory"));
-        }
-        st.regs.set64(PQT, (tail + 32) % size);
-        self.counters.page_requests.fetch_add(1, Relaxed);
-        let prs = st.regs.get32(PRS);
-        st.regs.set32(PRS, prs | PRS_PPR);
-        if prs & PRS_PPR == 0 {
-            Self::raise(st, PECTL, PEDATA, PEADDR, PEUADDR);
-        }
-        Ok(())
-    }
-
-    // --- fault recording (§7.2) ---
-
-    /// Mirrors the fault log into the registers and FSTS.PPF/FRI.
-    fn publish_faults(st: &mut State) {
-        for i in 0..NUM_FAULT_RECORDS {
-            let r = st.faults.records[i];
-            st.regs.set64(FRCD + i * 16, r.lo);
-            st.regs.set64(FRCD + i * 16 + 8, r.hi);
-        }
-        let mut fsts = st.regs.get32(FSTS) & !(FSTS_PPF | 0xff00);
-        if let Some(i) = st.faults.first_pending() {
-            fsts |= FSTS_PPF | ((i as u32) << 8);
-        }
-        st.regs.set32(FSTS, fsts);
-    }
-
-    /// Software cleared F bits: take the registers as the truth.
-    fn sync_fault_records_from_regs(&self, st: &mut State) {
-        for i in 0..NUM_FAULT_RECORDS {
-            if st.regs.get64(FRCD + i * 16 + 8) & (1 << 63) == 0 {
-                st.faults.records[i].hi &= !(1 << 63);
-            }
-        }
-        Self::publish_faults(st);
-    }
-
-    fn report(&self, st: &mut State, f: &Fault) {
-        self.counters.bump_fault(f.reason.0);
-        if !f.record {
-            return;
-        }
-        let fsts = st.regs.get32(FSTS);
-        if fsts & FSTS_PFO != 0 {
-            return;
-        }
-        match st.faults.record(f) {
-            Recorded::At(_) => {
-                self.counters.faults_recorded.fetch_add(1, Relaxed);
-                Self::publish_faults(st);
-                if fsts & Self::FSTS_PENDING == 0 {
-                    Self::fault_event(st);
-                }
-            }
-            // Overflow is not an interrupt condition of its own.
-            Recorded::Overflow => st.regs.set32(FSTS, fsts | FSTS_PFO),
-        }
-    }
+    // --- translation and interrupt remapping ---
 
     fn walk_config(st: &State) -> WalkConfig {
         let f = &st.features;
@@ -799,6 +470,8 @@ impl IntelIommu {
         out
     }
 
+    // --- passthrough endpoints ---
+
     /// Puts a passthrough endpoint behind the unit: from now on its host
     /// IOMMU follows what the guest programs for `host.requester_id()`.
     pub fn add_host_endpoint(&self, host: Arc<dyn HostIommu>) {
@@ -827,25 +500,20 @@ impl IntelIommu {
 
     /// Records an IOTLB invalidation of granularity `g` (1 global, 2
     /// domain, 3 pages: 2^am pages at addr) for the passthrough endpoints.
-    fn iotlb_dirty(st: &mut State, g: u64, did: u16, addr: u64, am: u8) {
+    pub(super) fn iotlb_dirty(st: &mut State, g: u64, did: u16, addr: u64, am: u8) {
         if st.hosts.is_empty() {
             return;
         }
         match g {
             1 => st.host_dirty.everything(),
             2 => st.host_dirty.domain(did),
-            _ => {
-                let span = 4096u64.checked_shl(am.min(52) as u32).unwrap_or(u64::MAX);
-                let start = addr & !(span - 1);
-                st.host_dirty
-                    .range(Some(did), start, start.saturating_add(span));
-            }
+            _ => st.host_dirty.pages(did, addr, am),
         }
     }
 
     /// Replays what the guest invalidated on the passthrough endpoints'
     /// host IOMMU (under the unit's lock, so the next guest change waits).
-    fn sync_hosts(&self, st: &mut State) {
+    pub(super) fn sync_hosts(&self, st: &mut State) {
         if st.hosts.is_empty() || st.host_dirty.is_empty() {
             return;
         }

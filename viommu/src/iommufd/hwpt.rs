@@ -18,6 +18,7 @@ use iommufd_bindings::iommufd::{
     iommufd_hwpt_alloc_flags_IOMMU_HWPT_FAULT_ID_VALID as FAULT_ID_VALID,
 };
 
+#[cfg(any(test, feature = "test-utils"))]
 use super::mock::{HWPT_DATA_SELFTEST, HWPT_INVALIDATE_DATA_SELFTEST};
 use super::{ErrorKind, Iommufd, IommufdError, Result};
 
@@ -75,7 +76,9 @@ pub enum HwptData {
         addr_width: u32,
     },
     /// The kernel mock's nested table (`struct iommu_hwpt_selftest`); only
-    /// the test-only mock driver accepts it (see [`super::mock`]).
+    /// the test-only mock driver accepts it (see [`super::mock`]), hence
+    /// the `test-utils` feature.
+    #[cfg(any(test, feature = "test-utils"))]
     Selftest {
         /// The value every entry of the mock's IOTLB starts with.
         iotlb: u32,
@@ -110,6 +113,7 @@ impl HwptData {
             }
             // Only `iotlb` (the structure's first version): newer fields
             // default to zero, and an older kernel refuses longer data.
+            #[cfg(any(test, feature = "test-utils"))]
             HwptData::Selftest { iotlb } => (HWPT_DATA_SELFTEST, iotlb.to_ne_bytes().to_vec()),
             HwptData::Raw { data_type, bytes } => (*data_type, bytes.clone()),
         }
@@ -197,7 +201,8 @@ impl VtdInvalidation {
 }
 
 /// One invalidation of the kernel mock's nested table
-/// (`struct iommu_hwpt_invalidate_selftest`), test-only.
+/// (`struct iommu_hwpt_invalidate_selftest`), test-only (`test-utils`).
+#[cfg(any(test, feature = "test-utils"))]
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SelftestInvalidation {
@@ -207,6 +212,7 @@ pub struct SelftestInvalidation {
     pub iotlb_id: u32,
 }
 
+#[cfg(any(test, feature = "test-utils"))]
 impl SelftestInvalidation {
     /// IOMMU_TEST_INVALIDATE_FLAG_ALL.
     pub const ALL: u32 = 1 << 0;
@@ -217,7 +223,8 @@ impl SelftestInvalidation {
 pub enum InvalidateBatch<'a> {
     /// IOMMU_HWPT_INVALIDATE_DATA_VTD_S1 on a nested VT-d HWPT.
     Vtd(&'a [VtdInvalidation]),
-    /// The mock's IOMMU_HWPT_INVALIDATE_DATA_SELFTEST.
+    /// The mock's IOMMU_HWPT_INVALIDATE_DATA_SELFTEST (`test-utils`).
+    #[cfg(any(test, feature = "test-utils"))]
     Selftest(&'a [SelftestInvalidation]),
     /// Any type as raw bytes: `entry_num` entries of `entry_len` bytes.
     /// `data` must hold them all (checked), since the kernel reads
@@ -250,6 +257,7 @@ impl InvalidateBatch<'_> {
                 count(e.len())?,
                 e.as_ptr() as u64,
             )),
+            #[cfg(any(test, feature = "test-utils"))]
             InvalidateBatch::Selftest(e) => Ok((
                 HWPT_INVALIDATE_DATA_SELFTEST,
                 size_of::<SelftestInvalidation>() as u32,
@@ -409,6 +417,7 @@ impl Iommufd {
 // The batch entries are handed to the kernel as arrays of these layouts.
 const _: () = assert!(size_of::<VtdInvalidation>() == size_of::<iommu_hwpt_vtd_s1_invalidate>());
 const _: () = assert!(size_of::<VtdInvalidation>() == 24);
+#[cfg(any(test, feature = "test-utils"))]
 const _: () = assert!(size_of::<SelftestInvalidation>() == 8);
 
 #[cfg(test)]

@@ -14,15 +14,18 @@
 //! device, the vIOMMU model) decides when to destroy it, and all objects go
 //! away with the file descriptor anyway.
 //!
-//! [`mock`] drives the kernel's own test-only mock IOMMU (CONFIG_IOMMUFD_TEST)
-//! so that this layer can be tested against the real kernel without
-//! hardware.
+//! `mock` (with the `test-utils` feature only) drives the kernel's own
+//! test-only mock IOMMU (CONFIG_IOMMUFD_TEST) so that this layer can be
+//! tested against the real kernel without hardware.
 
 mod error;
 mod fault_queue;
 mod hw_info;
 mod hwpt;
 mod ioas;
+// Test-only (the `test-utils` feature): no production kernel has the mock,
+// so the VMM has no use for it.
+#[cfg(any(test, feature = "test-utils"))]
 pub mod mock;
 
 use std::fs::OpenOptions;
@@ -35,9 +38,11 @@ use vmm_sys_util::ioctl::ioctl_with_mut_ref;
 pub use error::{ErrorKind, IommufdError, Result};
 pub use fault_queue::{FaultQueue, PageFault, PageResponseCode, PAGE_FAULT_RECORD_SIZE};
 pub use hw_info::{HwInfo, VtdHwInfo, HW_INFO_TYPE_INTEL_VTD};
+#[cfg(any(test, feature = "test-utils"))]
+pub use hwpt::SelftestInvalidation;
 pub use hwpt::{
-    HwptAlloc, HwptData, HwptFlags, InvalidateBatch, InvalidateOutcome, SelftestInvalidation,
-    VtdInvalidation, VTD_S1_EAFE, VTD_S1_SRE, VTD_S1_WPE,
+    HwptAlloc, HwptData, HwptFlags, InvalidateBatch, InvalidateOutcome, VtdInvalidation,
+    VTD_S1_EAFE, VTD_S1_SRE, VTD_S1_WPE,
 };
 pub use ioas::{IoPerm, IovaRange, IovaRanges};
 

@@ -886,6 +886,106 @@ fn limits_fail_closed() {
     assert_tracks_host(&space, &host);
 }
 
+/// Tables that alias one last-level table everywhere, whose leaves
+/// alternate between read-only and read-write over the first 2 MiB of RAM:
+/// every leaf is its own run, and four pages of tables describe 2^36 of
+/// them.
+fn aliased_tables(mem: &GuestMemoryMmap) -> SlTable {
+    let (l4, l3, l2, l1) = (0x10_0000u64, 0x10_1000, 0x10_2000, 0x10_3000);
+    for (table, next) in [(l4, l3), (l3, l2), (l2, l1)] {
+        for i in 0..512 {
+            put(mem, table + i * 8, next | R | W);
+        }
+    }
+    for i in 0..512 {
+        put(
+            mem,
+            l1 + i * 8,
+            (i * KIB4) | if i % 2 == 0 { R } else { R | W },
+        );
+    }
+    SlTable {
+        root: l4,
+        levels: 4,
+        haw: 39,
+        mgaw: 48,
+        pages_2m: true,
+        pages_1g: true,
+    }
+}
+
+/// A sync holds at most one window of mappings at a time, whatever the
+/// range and however many leaves the tables describe, and syncs the same
+/// as one that holds everything at once.
+#[test]
+fn windows_bound_the_leaves_held_at_once() {
+    let mem = ram();
+    let t = aliased_tables(&mem);
+    // 16 MiB: 4096 leaves, 4096 runs.
+    let end = 0x100_0000;
+    let whole = FakeHost::new(&mem);
+    let mut space = ShadowSpace {
+        window: u64::MAX,
+        ..ShadowSpace::new()
+    };
+    let s = space.sync_from_tables(&whole, &mem, &t, 0, end).unwrap();
+    assert_eq!((s.windows, s.largest_window), (1, 4096));
+
+    let host = FakeHost::new(&mem);
+    let mut space = ShadowSpace {
+        window: 256,
+        ..ShadowSpace::new()
+    };
+    let s = space.sync_from_tables(&host, &mem, &t, 0, end).unwrap();
+    assert!(s.largest_window <= 256, "{s:?}");
+    assert!(s.windows >= 4096 / 256, "{s:?}");
+    assert_eq!(s.truncated_walks, 0);
+    assert_eq!(host.live(), whole.live());
+    assert_tracks_host(&space, &host);
+    // Re-syncing windowed leaves everything in place.
+    let s = space.sync_from_tables(&host, &mem, &t, 0, end).unwrap();
+    assert_eq!(calls_of(&s), stats(0, 0));
+    // The guest unmaps the lot (the top entry): one window, all gone.
+    put(&mem, t.root, 0);
+    let s = space.sync_from_tables(&host, &mem, &t, 0, end).unwrap();
+    assert_eq!((s.windows, space.live_areas()), (1, 0));
+    assert_tracks_host(&space, &host);
+}
+
+/// The budget spans the windows: past it, what was not read is emptied,
+/// and a window too small to reach a leaf ends the sync (it would make no
+/// progress) the same way.
+#[test]
+fn windows_share_the_walk_budget_and_fail_closed() {
+    let mem = ram();
+    let t = aliased_tables(&mem);
+    let end = 0x100_0000;
+    let host = FakeHost::new(&mem);
+    let mut space = ShadowSpace::new();
+    space.sync_from_tables(&host, &mem, &t, 0, end).unwrap();
+    assert_eq!(space.live_areas(), 4096);
+    // Each window re-reads the three upper levels on its way down.
+    let mut space = ShadowSpace {
+        walk_budget: 3 * (3 + 100),
+        window: 3 + 100,
+        ..space
+    };
+    let s = space.sync_from_tables(&host, &mem, &t, 0, end).unwrap();
+    assert_eq!((s.windows, s.truncated_walks), (3, 1), "{s:?}");
+    assert_eq!(s.entries_read, 3 * (3 + 100));
+    assert_eq!(space.live_areas(), 300, "pages 0..300 were read");
+    assert_tracks_host(&space, &host);
+    let mut space = ShadowSpace {
+        walk_budget: u64::MAX,
+        window: 3,
+        ..space
+    };
+    let s = space.sync_from_tables(&host, &mem, &t, 0, end).unwrap();
+    assert_eq!((s.windows, s.truncated_walks), (1, 1), "{s:?}");
+    assert_eq!(space.live_areas(), 0);
+    assert_tracks_host(&space, &host);
+}
+
 /// Clears, or changes the rights of, the leaf behind a random page of a
 /// random live area: splits galore. Returns the range that changed.
 fn poke_live(b: &Builder, rng: &mut Rng, live: &[HostMapping]) -> Option<(u64, u64)> {

@@ -16,6 +16,7 @@ use virtio_bindings::virtio_blk::{
 };
 
 use super::SECTOR_SIZE;
+use crate::virtio::device::SharedConfig;
 
 /// Size of the device-specific config space (all of `virtio_blk_config`).
 pub const CONFIG_SPACE_SIZE: usize = size_of::<virtio_blk_config>();
@@ -107,7 +108,7 @@ impl BlockConfig {
 
     /// Writes are ignored: without VIRTIO_BLK_F_CONFIG_WCE every field is
     /// read-only for the driver (§5.2.5).
-    pub fn write(&mut self, offset: u64, data: &[u8]) {
+    pub fn write(&self, offset: u64, data: &[u8]) {
         log::debug!(
             "virtio-blk: ignoring config write at {offset:#x} ({} bytes)",
             data.len()
@@ -122,6 +123,18 @@ impl BlockConfig {
         {
             dst.copy_from_slice(value);
         }
+    }
+}
+
+/// The config space never changes while the device runs (there is no
+/// resize), so the transport can read it with no lock at all.
+impl SharedConfig for BlockConfig {
+    fn read(&self, offset: u64, data: &mut [u8]) {
+        BlockConfig::read(self, offset, data)
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) {
+        BlockConfig::write(self, offset, data)
     }
 }
 

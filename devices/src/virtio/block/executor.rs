@@ -13,13 +13,14 @@ use std::io::{self, Seek, SeekFrom};
 use std::ops::Deref;
 use std::os::fd::AsRawFd;
 
-use log::{debug, warn};
+use log::debug;
 use virtio_queue::DescriptorChain;
 use vm_memory::bitmap::{Bitmap, BS};
 use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions, VolatileSlice};
 
 use super::request::{Request, RequestError, RequestType};
 use super::{ID_BYTES, SECTOR_SHIFT, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
+use crate::{guest_warn, host_log};
 
 /// The most iovecs one `preadv`/`pwritev` accepts on Linux.
 const IOV_MAX: usize = 1024;
@@ -140,8 +141,7 @@ impl Disk {
         match Request::parse(chain, self.capacity()) {
             Ok(request) => self.execute(chain.memory(), &request),
             Err(e) => {
-                // Guest-triggerable: debug, not warn, to avoid log floods.
-                debug!("virtio-blk: {e}");
+                guest_warn!("virtio-blk: {e}");
                 match e.status_addr {
                     Some(addr) => {
                         write_status(chain.memory(), addr, VIRTIO_BLK_S_IOERR)?;
@@ -182,8 +182,12 @@ impl Disk {
             Ok(written) => (VIRTIO_BLK_S_OK, written),
             Err(e) => {
                 match &e {
-                    ExecError::Io(_) => warn!("virtio-blk: {:?} failed: {e}", req.kind),
-                    _ => debug!("virtio-blk: {:?} failed: {e}", req.kind),
+                    // The host's failure, which the guest can retry at will.
+                    ExecError::Io(_) => {
+                        host_log!(log::Level::Error, "virtio-blk: {:?} failed: {e}", req.kind)
+                    }
+                    // A DMA fault or a write to a read-only disk.
+                    _ => guest_warn!("virtio-blk: {:?} failed: {e}", req.kind),
                 }
                 (VIRTIO_BLK_S_IOERR, 0)
             }
