@@ -6,6 +6,10 @@
 //! an IOMMU can sit on both paths without the devices knowing.
 
 pub mod dma_test;
+// Test-only (the `test-utils` feature): fuzz drivers for cargo fuzz and
+// the smoke tests.
+#[cfg(any(test, feature = "test-utils"))]
+pub mod fuzz;
 pub mod guest_log;
 pub mod interrupt;
 pub mod ioapic;

@@ -271,6 +271,9 @@ impl DmaSpace {
         }
         let mut tlb = Iotlb::new();
         match &self.translator {
+            // An empty mapping would trip vm-memory's range map: a zero-length
+            // access needs no translation.
+            None if len == 0 => {}
             None => {
                 // Never reached through IommuMemory (the space is disabled), but
                 // keep the identity meaning if it is.
@@ -282,7 +285,10 @@ impl DmaSpace {
                 );
             }
             Some(t) => {
-                for piece in t.translate(self.requester_id, self.pasid, iova, len, access)? {
+                let pieces = t.translate(self.requester_id, self.pasid, iova, len, access)?;
+                // A translator may answer a zero-length piece (nothing to map);
+                // vm-memory's range map asserts on empty ranges.
+                for piece in pieces.into_iter().filter(|p| p.len != 0) {
                     let perm = match access {
                         Access::Read => Permissions::Read,
                         Access::Write => Permissions::Write,
@@ -397,6 +403,45 @@ mod tests {
         drop(g);
         rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap();
         t.join().unwrap();
+    }
+
+    /// Answers every request with an empty piece first, then the identity.
+    struct EmptyFirst;
+    impl Translate for EmptyFirst {
+        fn translate(
+            &self,
+            _rid: u16,
+            _pasid: Option<u32>,
+            iova: u64,
+            len: u64,
+            _access: Access,
+        ) -> Result<Vec<Translation>, DmaFault> {
+            Ok(vec![
+                Translation {
+                    iova,
+                    gpa: iova,
+                    len: 0,
+                },
+                Translation {
+                    iova,
+                    gpa: iova,
+                    len,
+                },
+            ])
+        }
+    }
+
+    #[test]
+    fn empty_pieces_and_empty_accesses_are_harmless() {
+        let space = DmaSpace::translated(8, Arc::new(EmptyFirst));
+        assert!(space.resolve(0x100, 0, Access::Write).is_ok());
+        let mem = space.into_memory(ram());
+        mem.write_obj(7u32, GuestAddress(0x100)).unwrap();
+        assert_eq!(mem.read_obj::<u32>(GuestAddress(0x100)).unwrap(), 7);
+        mem.write_slice(&[], GuestAddress(0x200)).unwrap();
+        assert!(DmaSpace::identity(8)
+            .resolve(0x100, 0, Access::Read)
+            .is_ok());
     }
 
     #[test]

@@ -12,10 +12,17 @@ pub mod counters;
 mod event;
 pub mod fault;
 pub mod first_stage;
+mod host_sync;
 // Test-only (the `test-utils` feature): fuzzers and tests feed the whole
 // unit arbitrary guest behaviour through it; the VMM has no use for it.
 #[cfg(any(test, feature = "test-utils"))]
 pub mod fuzz;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod fuzz_host;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod fuzz_rig;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod fuzz_threads;
 pub mod interrupt_remap;
 pub mod invalidation_queue;
 pub mod iotlb;
