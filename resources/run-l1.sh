@@ -140,6 +140,27 @@ case " $(cat /proc/cmdline) " in *" vmm.nvme=1 "*)
         export VMM_NATIVE_NVME_SYSFS=/sys/bus/pci/devices/0000:00:11.0
     ;;
 esac
+# Evidence for a command that hangs: shortly before the time limit, the
+# state of every vmm thread (scheduler state, wait channel, kernel stack),
+# the counters of the VMM (SIGUSR1) and the stacks of blocked L1 tasks.
+for w in $(cat /proc/cmdline); do
+    case $w in vmm.watchdog=*) watchdog=${w#vmm.watchdog=} ;; esac
+done
+if [ -n "${watchdog:-}" ]; then
+    (
+        sleep "$watchdog"
+        echo "L1-WATCHDOG: the command is still running after $watchdog s"
+        for p in $(pgrep -x vmm); do
+            kill -USR1 "$p" 2>/dev/null
+            for t in /proc/$p/task/*; do
+                echo "L1-WATCHDOG: vmm $p thread $(cat "$t/comm") state=$(cut -d" " -f3 "$t/stat") wchan=$(cat "$t/wchan")"
+                sed "s/^/L1-WATCHDOG:   /" "$t/stack" 2>/dev/null
+            done
+        done
+        grep -E "^ *(LOC|RES|CAL):" /proc/interrupts | sed "s/^/L1-WATCHDOG: /"
+        echo w >/proc/sysrq-trigger
+    ) &
+fi
 printf "\nL1-CMD-START\n"
 chroot /host /bin/bash "$run/cmd.sh" </dev/null
 rc=$?
@@ -226,13 +247,16 @@ if [ -n "$nvme" ]; then
     append="intel_iommu=on vmm.nvme=1"
 fi
 
+# The L1 watchdog fires 40 s before the time limit (see l1_init).
+watchdog=$(( ${L1_TIMEOUT:-600} > 80 ? ${L1_TIMEOUT:-600} - 40 : 40 ))
+
 set +e
 # shellcheck disable=SC2086  # L1_QEMU_EXTRA is a list of arguments
 timeout -k 10 "${L1_TIMEOUT:-600}" qemu-system-x86_64 \
     -accel tcg -machine "$machine" -cpu max -m "${L1_MEM:-6144}" -smp "${L1_SMP:-2}" \
     -display none -serial stdio -monitor none -no-reboot -nic none \
     -kernel "$kdir/vmlinuz" -initrd "$initrd" \
-    -append "console=ttyS0 panic=-1 quiet loglevel=3 vmm.run=$run $append $l1_idle ${L1_APPEND:-}" \
+    -append "console=ttyS0 panic=-1 quiet loglevel=4 vmm.run=$run vmm.watchdog=$watchdog $append $l1_idle ${L1_APPEND:-}" \
     ${devices[@]+"${devices[@]}"} "${virtfs[@]}" ${L1_QEMU_EXTRA:-} </dev/null |
     {
         watch=""

@@ -14,8 +14,11 @@ retries=target/guest-tests/retries.log
 rm -f "$retries"
 report_retries() {
     if [ -s "$retries" ]; then
-        echo "test-all: guest runs that were rerun or irregular ($(wc -l <"$retries")):"
+        echo "test-all: WARNING: guest runs that were rerun or irregular ($(wc -l <"$retries")):"
         sed 's/^/  /' "$retries"
+        if grep -q '^rerun:\(hung\|unexpected-reset\)' "$retries"; then
+            echo "test-all: WARNING: without VMM_TEST_ALLOW_RETRY=1 this run would have failed"
+        fi
     else
         echo "test-all: no guest run was rerun"
     fi
