@@ -66,6 +66,10 @@ impl<'a> Input<'a> {
     pub fn u64(&mut self) -> u64 {
         u64::from(self.u32()) | u64::from(self.u32()) << 32
     }
+    /// `n` bytes of the input, zero past its end.
+    pub fn vec(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.u8()).collect()
+    }
     /// Up to `n` bytes of the input (fewer at its end).
     pub fn bytes(&mut self, n: usize) -> &'a [u8] {
         let start = self.pos.min(self.data.len());
