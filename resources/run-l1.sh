@@ -150,7 +150,9 @@ if [ -n "${watchdog:-}" ]; then
     (
         sleep "$watchdog"
         echo "L1-WATCHDOG: the command is still running after $watchdog s"
-        for p in $(pgrep -x vmm); do
+        for c in /proc/[0-9]*/comm; do
+            [ "$(cat "$c" 2>/dev/null)" = vmm ] || continue
+            p=${c#/proc/}; p=${p%/comm}
             kill -USR1 "$p" 2>/dev/null
             for t in /proc/$p/task/*; do
                 echo "L1-WATCHDOG: vmm $p thread $(cat "$t/comm") state=$(cut -d" " -f3 "$t/stat") wchan=$(cat "$t/wchan")"
