@@ -263,8 +263,9 @@ impl IntelIommu {
     /// descriptor runs once, in queue order (§6.5.2.11).
     pub(super) fn drive_queue<'a>(&'a self, mut held: MutexGuard<'a, State>) {
         if held.queue.busy {
-            self.sync_hosts(&mut held);
+            let plan = self.take_host_sync(&mut held, None);
             self.finish(held);
+            self.run_host_sync(plan);
             return;
         }
         held.queue.busy = true;
@@ -274,9 +275,12 @@ impl IntelIommu {
         let mut st = held;
         while let Some(open) = self.process_queue(&mut st) {
             // What the guest invalidated before the wait is in effect on
-            // the host before the wait completes.
-            self.sync_hosts(&mut st);
+            // the host before the wait completes. The host sync (table
+            // walks, ioctls) runs unlocked too, so other devices'
+            // translations go on meanwhile.
+            let plan = self.take_host_sync(&mut st, None);
             self.finish(st);
+            self.run_host_sync(plan);
             self.fence.drain();
             st = self.lock();
             self.complete_wait(&mut st, open);
@@ -284,8 +288,9 @@ impl IntelIommu {
         // In the same hold of the lock as the last look at IQT: a tail
         // written from now on finds the engine idle and runs it.
         st.queue.busy = false;
-        self.sync_hosts(&mut st);
+        let plan = self.take_host_sync(&mut st, None);
         self.finish(st);
+        self.run_host_sync(plan);
     }
 
     /// Completes a wait once the fence drained, whatever software did to
@@ -372,7 +377,7 @@ impl IntelIommu {
                     2 => st.caches.flush_context_domain(did),
                     _ => st.caches.flush_context_device(sid, fm),
                 }
-                st.host_dirty.everything();
+                st.host.dirty.everything();
                 Invalidation::ContextCache
             }
             Descriptor::Iotlb {
@@ -447,7 +452,7 @@ impl IntelIommu {
                     1 => st.caches.flush_pasid_selective(did, pasid),
                     _ => st.caches.flush_pasid_all(),
                 }
-                st.host_dirty.everything();
+                st.host.dirty.everything();
                 Invalidation::PasidCache
             }
             Descriptor::PasidDeviceTlb { sid, pasid, .. } => {
