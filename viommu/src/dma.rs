@@ -11,7 +11,7 @@
 //! translation is only valid for the access it was made for, and an
 //! invalidation in the model can never leave a stale entry here.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::{self, Debug};
 use std::sync::{Arc, Condvar, Mutex};
 
@@ -62,14 +62,75 @@ pub enum DmaFault {
     Overflow { iova: u64, len: u64 },
 }
 
-/// Tracks DMA in flight so an IOMMU can wait for it (VT-d §6.5.2.8: an
-/// invalidation wait completes only after every translated access that
-/// started before it has finished).
+/// Which device operations an IOMMU drain waits for: every one, or those
+/// of some requester IDs. Vendor-neutral: each IOMMU model works out from
+/// its own invalidations which requesters may have used what they removed.
+///
+/// Over-draining is always safe (a wait takes longer); a scope that misses
+/// a requester still using a removed translation is a correctness bug, so
+/// a model that cannot tell says [`FenceScope::All`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FenceScope {
+    /// Every operation in flight, whoever started it.
+    All,
+    /// The operations of these requester IDs (empty: nothing to wait for).
+    Requesters(BTreeSet<u16>),
+}
+
+impl Default for FenceScope {
+    /// Nothing to wait for.
+    fn default() -> Self {
+        FenceScope::Requesters(BTreeSet::new())
+    }
+}
+
+impl FenceScope {
+    /// Whether a drain of this scope waits for nothing.
+    pub fn is_empty(&self) -> bool {
+        matches!(self, FenceScope::Requesters(s) if s.is_empty())
+    }
+
+    /// Widens the scope to everything.
+    pub fn add_all(&mut self) {
+        *self = FenceScope::All;
+    }
+
+    /// Adds the operations of `requester_id`.
+    pub fn add(&mut self, requester_id: u16) {
+        if let FenceScope::Requesters(s) = self {
+            s.insert(requester_id);
+        }
+    }
+
+    /// Adds everything `other` covers.
+    pub fn merge(&mut self, other: FenceScope) {
+        match other {
+            FenceScope::All => self.add_all(),
+            FenceScope::Requesters(rids) => rids.into_iter().for_each(|r| self.add(r)),
+        }
+    }
+
+    pub fn contains(&self, requester_id: u16) -> bool {
+        match self {
+            FenceScope::All => true,
+            FenceScope::Requesters(s) => s.contains(&requester_id),
+        }
+    }
+}
+
+/// Tracks DMA in flight so an IOMMU can wait for it (VT-d §6.5, draining
+/// of requests to memory: an invalidation completes only after the
+/// requests that used what it removed have drained; §6.5.2.8: a queued
+/// invalidation wait completes after the invalidations before it).
 ///
 /// Devices hold a [`DmaGuard`] for the whole of an operation that uses
-/// translations (a virtio request, a DMA command); the IOMMU calls
-/// [`DmaFence::drain`] without holding any lock a device needs. Guards
-/// never block; only the drainer waits.
+/// translations (a virtio request, a DMA command), entered before the
+/// first translation; the IOMMU calls [`DmaFence::drain`] without holding
+/// any lock a device needs. Guards never block; only the drainer waits.
+///
+/// Operations are tracked by requester ID, so that a drain can be scoped
+/// to the requesters an invalidation concerns ([`FenceScope`]): a busy
+/// device then does not hold up the waits of another device's domain.
 #[derive(Default)]
 pub struct DmaFence {
     state: Mutex<FenceState>,
@@ -78,45 +139,81 @@ pub struct DmaFence {
 
 #[derive(Default)]
 struct FenceState {
+    /// Bumped by each drain: operations entered from then on carry a
+    /// later epoch, and do not hold that drain up.
     epoch: u64,
-    inflight: BTreeMap<u64, usize>,
+    /// Operations in flight by (requester ID, epoch entered).
+    inflight: BTreeMap<(u16, u64), usize>,
+}
+
+impl FenceState {
+    /// Whether an operation in `scope` entered at or before `epoch` is
+    /// still in flight.
+    fn holds(&self, scope: &FenceScope, epoch: u64) -> bool {
+        match scope {
+            FenceScope::All => self.inflight.keys().any(|&(_, e)| e <= epoch),
+            FenceScope::Requesters(rids) => rids
+                .iter()
+                .any(|&r| self.inflight.range((r, 0)..=(r, epoch)).next().is_some()),
+        }
+    }
 }
 
 /// An operation in flight; dropping it ends the operation.
 pub struct DmaGuard {
     fence: Arc<DmaFence>,
+    requester_id: u16,
     epoch: u64,
 }
 
 impl DmaFence {
-    pub fn enter(self: &Arc<Self>) -> DmaGuard {
+    /// Starts an operation of `requester_id`.
+    pub fn enter(self: &Arc<Self>, requester_id: u16) -> DmaGuard {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let epoch = st.epoch;
-        *st.inflight.entry(epoch).or_insert(0) += 1;
+        *st.inflight.entry((requester_id, epoch)).or_insert(0) += 1;
         DmaGuard {
             fence: self.clone(),
+            requester_id,
             epoch,
         }
     }
 
-    /// Waits until every operation that started before this call ended.
-    pub fn drain(&self) {
+    /// Waits until every operation in `scope` that started before this
+    /// call ended. Operations that start meanwhile do not hold it up.
+    pub fn drain(&self, scope: &FenceScope) {
+        if scope.is_empty() {
+            return;
+        }
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let target = st.epoch;
         st.epoch += 1;
-        while st.inflight.range(..=target).next().is_some() {
+        while st.holds(scope, target) {
             st = self.idle.wait(st).unwrap_or_else(|e| e.into_inner());
         }
+    }
+
+    /// Whether `requester_id` has no operation in flight. An IOMMU that
+    /// remembers what a requester translated may forget it then: every
+    /// operation that used it has ended (operations enter before they
+    /// translate).
+    pub fn is_idle(&self, requester_id: u16) -> bool {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.inflight
+            .range((requester_id, 0)..=(requester_id, u64::MAX))
+            .next()
+            .is_none()
     }
 }
 
 impl Drop for DmaGuard {
     fn drop(&mut self) {
         let mut st = self.fence.state.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = st.inflight.get_mut(&self.epoch) {
+        let key = (self.requester_id, self.epoch);
+        if let Some(n) = st.inflight.get_mut(&key) {
             *n -= 1;
             if *n == 0 {
-                st.inflight.remove(&self.epoch);
+                st.inflight.remove(&key);
             }
         }
         self.fence.idle.notify_all();
@@ -190,7 +287,8 @@ pub trait Translate: Send + Sync {
     /// invalidations for `requester_id`.
     fn register_endpoint(&self, _requester_id: u16, _endpoint: std::sync::Weak<dyn AtsEndpoint>) {}
 
-    /// The fence devices enter for each operation that uses translations.
+    /// The fence devices enter for each operation that uses translations
+    /// (tagged with their requester ID, which the model drains by).
     fn fence(&self) -> Option<&Arc<DmaFence>> {
         None
     }
@@ -251,7 +349,8 @@ impl DmaSpace {
     /// Marks the start of an operation whose translations must stay in use
     /// until the returned guard drops (None: nothing to wait for).
     pub fn begin_dma(&self) -> Option<DmaGuard> {
-        self.translator.as_ref()?.fence().map(|f| f.enter())
+        let rid = self.requester_id;
+        self.translator.as_ref()?.fence().map(|f| f.enter(rid))
     }
 
     /// The IOMMU translating this space, if any.
@@ -386,23 +485,83 @@ mod tests {
         assert!(mem.read_obj::<u32>(GuestAddress(0x10)).is_err());
     }
 
-    #[test]
-    fn fence_waits_for_operations_started_before_it() {
-        let fence = Arc::new(DmaFence::default());
-        let g = fence.enter();
+    /// Runs `drain(scope)` on a thread; the receiver hears when it returns.
+    fn drain_in_background(
+        fence: &Arc<DmaFence>,
+        scope: FenceScope,
+    ) -> (std::thread::JoinHandle<()>, std::sync::mpsc::Receiver<()>) {
         let f2 = fence.clone();
         let (tx, rx) = std::sync::mpsc::channel();
         let t = std::thread::spawn(move || {
-            f2.drain();
-            tx.send(()).unwrap();
+            f2.drain(&scope);
+            let _ = tx.send(());
         });
+        (t, rx)
+    }
+
+    fn rids(r: &[u16]) -> FenceScope {
+        FenceScope::Requesters(r.iter().copied().collect())
+    }
+
+    #[test]
+    fn fence_waits_for_operations_started_before_it() {
+        let fence = Arc::new(DmaFence::default());
+        let g = fence.enter(8);
+        let (t, rx) = drain_in_background(&fence, FenceScope::All);
         std::thread::sleep(std::time::Duration::from_millis(50));
         assert!(rx.try_recv().is_err(), "drain must wait for the guard");
         // An operation that starts after the drain began does not hold it up.
-        let _late = fence.enter();
+        let _late = fence.enter(8);
         drop(g);
         rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap();
         t.join().unwrap();
+    }
+
+    #[test]
+    fn scoped_drain_waits_only_for_its_requesters() {
+        let fence = Arc::new(DmaFence::default());
+        let busy = fence.enter(0x10);
+        // Another requester's drain is not held up by 0x10.
+        let (t, rx) = drain_in_background(&fence, rids(&[0x8, 0x18]));
+        rx.recv_timeout(std::time::Duration::from_secs(5))
+            .expect("a drain of other requesters returns at once");
+        t.join().unwrap();
+        // One that names 0x10 waits for it.
+        let (t, rx) = drain_in_background(&fence, rids(&[0x8, 0x10]));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(rx.try_recv().is_err(), "drain must wait for 0x10");
+        drop(busy);
+        rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap();
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn empty_scope_drains_nothing_and_idleness_is_per_requester() {
+        let fence = Arc::new(DmaFence::default());
+        let g = fence.enter(3);
+        assert!(FenceScope::default().is_empty());
+        fence.drain(&FenceScope::default());
+        assert!(!fence.is_idle(3));
+        assert!(fence.is_idle(4));
+        let g2 = fence.enter(3);
+        drop(g);
+        assert!(!fence.is_idle(3), "a second operation is still in flight");
+        drop(g2);
+        assert!(fence.is_idle(3));
+    }
+
+    #[test]
+    fn scope_merges() {
+        let mut s = FenceScope::default();
+        s.add(1);
+        s.merge(rids(&[2]));
+        assert_eq!(s, rids(&[1, 2]));
+        assert!(s.contains(2) && !s.contains(3));
+        s.merge(FenceScope::All);
+        assert_eq!(s, FenceScope::All);
+        s.add(9);
+        assert_eq!(s, FenceScope::All, "All stays All");
+        assert!(s.contains(3));
     }
 
     /// Answers every request with an empty piece first, then the identity.

@@ -14,6 +14,6 @@ pub mod pasid_cap;
 pub mod shadow;
 
 pub use dma::{
-    Access, AtsEndpoint, DmaFault, DmaFence, DmaGuard, DmaMemory, DmaSpace, GuestMemoryMmap,
-    PageRequest, Translate, Translation,
+    Access, AtsEndpoint, DmaFault, DmaFence, DmaGuard, DmaMemory, DmaSpace, FenceScope,
+    GuestMemoryMmap, PageRequest, Translate, Translation,
 };

@@ -140,7 +140,7 @@ fn translator_step(rig: &Rig, inp: &mut Input) {
     match inp.u8() % 4 {
         0 | 1 => {
             // Inside the fence: an invalidation wait waits for this.
-            let _guard = rig.u.fence().map(|f| f.enter());
+            let _guard = rig.u.fence().map(|f| f.enter(sid));
             if let Ok(v) = rig.u.translate(sid, pasid, iova, len, access) {
                 check_pieces(&v, iova, len);
             }

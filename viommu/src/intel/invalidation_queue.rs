@@ -13,10 +13,11 @@ use std::sync::{MutexGuard, Weak};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::counters::Invalidation;
+use super::domain_users::Invalidated;
 use super::event::COMPLETION_EVENT;
 use super::regs::*;
 use super::unit::{EndpointMsg, IntelIommu, State};
-use crate::GuestMemoryMmap;
+use crate::{FenceScope, GuestMemoryMmap};
 
 /// Invalidation Queue Error Info codes (IQERCD.IQEI).
 pub mod iqei {
@@ -214,6 +215,11 @@ pub(super) struct Engine {
     /// that was opened under an earlier enable leaves IQH alone when it
     /// completes.
     enables: u64,
+    /// What the invalidations run since the last wait removed, as the
+    /// requesters whose DMA the next wait drains (see `domain_users.rs`).
+    /// Kept across queue errors and re-enables: a later wait draining too
+    /// much is harmless.
+    drain: FenceScope,
 }
 
 impl Engine {
@@ -253,7 +259,10 @@ impl IntelIommu {
     /// At an invalidation wait the running vCPU drops the lock and drains
     /// the DMA fence, so that no device still uses a translation the guest
     /// invalidated once the wait completes (§6.5.2.8), without stopping
-    /// other devices' translations meanwhile. Other vCPUs may write IQT in
+    /// other devices' translations meanwhile. It drains only the devices
+    /// that may use what the invalidations before the wait removed
+    /// (`Engine::drain`), so a busy device of another domain does not
+    /// hold the wait up. Other vCPUs may write IQT in
     /// that window. Were they to run the queue too, they would start from
     /// the IQH of the open wait and run it a second time, and the two
     /// completions would each move IQH on, past a descriptor nobody ran.
@@ -274,6 +283,12 @@ impl IntelIommu {
         let _owner = Owner(self);
         let mut st = held;
         while let Some(open) = self.process_queue(&mut st) {
+            // The wait drains only the DMA that may use what the
+            // invalidations since the last wait removed. A wait after none
+            // drains nothing: it completes the invalidations before it and
+            // nothing else (§6.5.2.8); draining belongs to invalidations
+            // (§6.5).
+            let drain = std::mem::take(&mut st.queue.drain);
             // What the guest invalidated before the wait is in effect on
             // the host before the wait completes. The host sync (table
             // walks, ioctls) runs unlocked too, so other devices'
@@ -281,7 +296,7 @@ impl IntelIommu {
             let plan = self.take_host_sync(&mut st, None);
             self.finish(st);
             self.run_host_sync(plan);
-            self.fence.drain();
+            self.fence.drain(&drain);
             st = self.lock();
             self.complete_wait(&mut st, open);
         }
@@ -378,6 +393,7 @@ impl IntelIommu {
                     _ => st.caches.flush_context_device(sid, fm),
                 }
                 st.host.dirty.everything();
+                Self::to_drain(st, Invalidated::Everything);
                 Invalidation::ContextCache
             }
             Descriptor::Iotlb {
@@ -393,12 +409,19 @@ impl IntelIommu {
                     _ => st.caches.flush_iotlb_pages(did, None, addr, am),
                 }
                 Self::iotlb_dirty(st, granularity as u64, did, addr, am);
+                let removed = match granularity {
+                    1 => Invalidated::Everything,
+                    _ => Invalidated::Domain(did),
+                };
+                Self::to_drain(st, removed);
                 Invalidation::Iotlb
             }
             Descriptor::DeviceTlb { sid, .. } => {
                 Self::to_endpoint(st, sid, EndpointMsg::InvalidateAtc { pasid: None });
+                Self::to_drain(st, Invalidated::DeviceTlb(sid));
                 Invalidation::DeviceTlb
             }
+            // No DMA uses interrupt entries: nothing to drain.
             Descriptor::InterruptEntryCache { .. } => {
                 st.remap_changed = true;
                 Invalidation::InterruptEntryCache
@@ -440,6 +463,7 @@ impl IntelIommu {
                     _ => st.caches.flush_iotlb_pages(did, Some(pasid), addr, am),
                 }
                 Self::iotlb_dirty(st, if granularity == 2 { 2 } else { 3 }, did, addr, am);
+                Self::to_drain(st, Invalidated::Domain(did));
                 Invalidation::PasidIotlb
             }
             Descriptor::PasidCache {
@@ -453,10 +477,12 @@ impl IntelIommu {
                     _ => st.caches.flush_pasid_all(),
                 }
                 st.host.dirty.everything();
+                Self::to_drain(st, Invalidated::Everything);
                 Invalidation::PasidCache
             }
             Descriptor::PasidDeviceTlb { sid, pasid, .. } => {
                 Self::to_endpoint(st, sid, EndpointMsg::InvalidateAtc { pasid: Some(pasid) });
+                Self::to_drain(st, Invalidated::DeviceTlb(sid));
                 Invalidation::PasidDeviceTlb
             }
             Descriptor::PageGroupResponse {
@@ -472,6 +498,13 @@ impl IntelIommu {
             }
         };
         self.counters.bump_invalidation(kind);
+    }
+
+    /// Widens what the next wait drains by what one invalidation removed.
+    /// Computed now, under the lock the invalidation runs under, from the
+    /// domains recorded so far: see `DomainUsers` for why that is enough.
+    fn to_drain(st: &mut State, removed: Invalidated) {
+        st.domain_users.widen(&mut st.queue.drain, removed);
     }
 
     fn to_endpoint(st: &mut State, rid: u16, msg: EndpointMsg) {

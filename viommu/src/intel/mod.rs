@@ -9,6 +9,7 @@
 pub mod address_mask;
 pub mod context;
 pub mod counters;
+mod domain_users;
 mod event;
 pub mod fault;
 pub mod first_stage;
@@ -39,6 +40,8 @@ pub use counters::Counters;
 pub use passthrough::PassthroughMode;
 pub use regs::Features;
 pub use unit::{IntelIommu, InterruptSink, VtdConfig, VtdConfigError, HOST_ADDRESS_WIDTH};
+#[cfg(test)]
+mod fence_tests;
 #[cfg(test)]
 mod queue_engine_tests;
 #[cfg(test)]

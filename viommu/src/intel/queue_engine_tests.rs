@@ -89,6 +89,10 @@ impl Rig {
     }
 }
 
+/// The requester ID of the device whose DMA holds the waits open. The
+/// waits follow global invalidations, which drain every device.
+const DEVICE: u16 = 0x0008;
+
 /// Global IOTLB invalidation.
 fn d_iotlb() -> [u64; 2] {
     [2 | 1 << 4, 0]
@@ -116,7 +120,7 @@ fn wait_until(what: &str, cond: impl Fn() -> bool) {
 fn bug_tail_write_during_a_wait_runs_each_descriptor_once() {
     let r = Rig::new(0);
     let fence = r.u.fence().unwrap().clone();
-    let dma = fence.enter();
+    let dma = fence.enter(DEVICE);
     r.put(0, d_iotlb());
     r.put(1, d_wait(0));
     std::thread::scope(|s| {
@@ -157,12 +161,12 @@ fn concurrent_tail_writers_each_descriptor_once_in_order() {
     let stop = AtomicBool::new(false);
     // Operations overlap, so one is always in flight when a wait drains,
     // and each ends within a few hundred microseconds.
-    let first = fence.enter();
+    let first = fence.enter(DEVICE);
     std::thread::scope(|s| {
         s.spawn(|| {
             let mut op = first;
             while !stop.load(Relaxed) {
-                let next_op = fence.enter();
+                let next_op = fence.enter(DEVICE);
                 std::thread::sleep(Duration::from_micros(300));
                 drop(std::mem::replace(&mut op, next_op));
             }
@@ -217,7 +221,7 @@ fn concurrent_tail_writers_each_descriptor_once_in_order() {
 fn queue_reset_during_a_wait() {
     let r = Rig::new(0);
     let fence = r.u.fence().unwrap().clone();
-    let dma = fence.enter();
+    let dma = fence.enter(DEVICE);
     r.put(0, d_iotlb());
     r.put(1, d_wait(0));
     std::thread::scope(|s| {
@@ -248,20 +252,21 @@ fn queue_reset_during_a_wait() {
 fn queue_disable_during_a_wait() {
     let r = Rig::new(0);
     let fence = r.u.fence().unwrap().clone();
-    let dma = fence.enter();
-    r.put(0, d_wait(0));
-    r.put(1, d_wait(1));
+    let dma = fence.enter(DEVICE);
+    r.put(0, d_iotlb());
+    r.put(1, d_wait(0));
+    r.put(2, d_wait(1));
     std::thread::scope(|s| {
-        let a = s.spawn(|| r.w32(IQT, 0x20));
+        let a = s.spawn(|| r.w32(IQT, 0x30));
         // IQT reads back once the write was handled: A is at the wait.
-        wait_until("the wait", || r.r64(IQT) == 0x20);
+        wait_until("the wait", || r.r64(IQT) == 0x30);
         r.w32(GCMD, 0);
         drop(dma);
         a.join().unwrap();
     });
     assert_eq!((r.status(0), r.status(1)), (1, 0));
     assert_eq!(r.waits(), 1);
-    assert_eq!(r.r64(IQH), 0x10);
+    assert_eq!(r.r64(IQH), 0x20);
 }
 
 /// A tail written out of range while a wait is open is an Invalidation
@@ -271,7 +276,7 @@ fn queue_disable_during_a_wait() {
 fn bad_tail_during_a_wait() {
     let r = Rig::new(0);
     let fence = r.u.fence().unwrap().clone();
-    let dma = fence.enter();
+    let dma = fence.enter(DEVICE);
     r.put(0, d_iotlb());
     r.put(1, d_wait(0));
     r.put(2, d_wait(1));

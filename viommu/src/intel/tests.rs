@@ -2230,13 +2230,20 @@ fn qi_wait_drains_dma_that_started_before_it() {
     let (r, _) = legacy_rig();
     r.qi_enable(false);
     let fence = r.u.fence().expect("the unit has a fence").clone();
-    let in_flight = fence.enter();
-    let [q0, _, ..] = d_wait(false, Some((STATUS, 1)));
+    let in_flight = fence.enter(SID);
+    // A wait drains what the invalidations before it removed: here the
+    // device's domain.
+    let [q0, q1, ..] = d_iotlb(2, DID, 0, 0);
     r.put(IQ, q0);
-    r.put(IQ + 8, STATUS);
+    r.put(IQ + 8, q1);
+    let [q0, _, ..] = d_wait(false, Some((STATUS, 1)));
+    r.put(IQ + 16, q0);
+    r.put(IQ + 24, STATUS);
     let u = &r.u;
+    // The device translated under its domain (inside its operation).
+    assert_eq!(r.read(0x5000), Ok(DATA));
     std::thread::scope(|s| {
-        let waiter = s.spawn(|| u.mmio_write(IQT as u64, &0x10u32.to_le_bytes()));
+        let waiter = s.spawn(|| u.mmio_write(IQT as u64, &0x20u32.to_le_bytes()));
         std::thread::sleep(std::time::Duration::from_millis(50));
         assert_eq!(r.get(STATUS), 0, "the wait is held by the DMA in flight");
         // The unit is not locked meanwhile: DMA still translates.

@@ -29,8 +29,10 @@ pub struct Request {
 pub enum Resolved {
     /// Untranslated: translation disabled or pass-through.
     Identity,
-    /// Through the tables; `hit` when served by the IOTLB.
-    Page { leaf: Leaf, hit: bool },
+    /// Through the tables of domain `did` (what the IOTLB entry is
+    /// tagged with, so what an invalidation names); `hit` when served by
+    /// the IOTLB.
+    Page { leaf: Leaf, hit: bool, did: u16 },
 }
 
 /// The unit's configuration as it matters to a walk.
@@ -216,7 +218,11 @@ pub fn resolve(
         if !req.write && !leaf.read {
             return Err(ctx.fault(Reason::NO_READ));
         }
-        return Ok(Resolved::Page { leaf, hit });
+        return Ok(Resolved::Page {
+            leaf,
+            hit,
+            did: lc.did,
+        });
     }
 
     let CachedContext::Scalable(sc) = scalable_context(mem, c, caches, &mut ctx)? else {
@@ -269,7 +275,11 @@ pub fn resolve(
     if let Some(leaf) = caches.lookup(pe.did, pasid, req.iova) {
         if !req.write || leaf.dirty {
             check_scalable_perms(&ctx, req, &pe, &leaf)?;
-            return Ok(Resolved::Page { leaf, hit: true });
+            return Ok(Resolved::Page {
+                leaf,
+                hit: true,
+                did: pe.did,
+            });
         }
     }
     let leaf = match pe.pgtt {
@@ -324,7 +334,11 @@ pub fn resolve(
     };
     caches.insert(pe.did, pasid, req.iova, leaf);
     check_scalable_perms(&ctx, req, &pe, &leaf)?;
-    Ok(Resolved::Page { leaf, hit: false })
+    Ok(Resolved::Page {
+        leaf,
+        hit: false,
+        did: pe.did,
+    })
 }
 
 /// The PASID-table entry of (`sid`, `pasid`), from the PASID cache or the

@@ -16,6 +16,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use super::counters::{Counters, Invalidation};
+use super::domain_users::{DomainUsers, Invalidated};
 use super::event::{COMPLETION_EVENT, FAULT_EVENT, PAGE_REQUEST_EVENT};
 use super::fault::{Fault, FaultLog, Reason};
 use super::host_sync::{HostSyncState, HostSyncer};
@@ -25,7 +26,8 @@ use super::iotlb::Caches;
 use super::regs::*;
 use super::translation::{self, Request, Resolved, WalkConfig};
 use crate::{
-    Access, AtsEndpoint, DmaFault, DmaFence, GuestMemoryMmap, PageRequest, Translate, Translation,
+    Access, AtsEndpoint, DmaFault, DmaFence, FenceScope, GuestMemoryMmap, PageRequest, Translate,
+    Translation,
 };
 
 /// Delivers the unit's own interrupts (fault events, invalidation
@@ -133,6 +135,9 @@ pub(super) struct State {
     pub(super) host: HostSyncState,
     /// The invalidation queue engine's own state.
     pub(super) queue: Engine,
+    /// The domains each requester translated under: what scopes the
+    /// fence drains of invalidations (see `domain_users.rs`).
+    pub(super) domain_users: DomainUsers,
 }
 
 /// What the queue sends to an ATS/PRI endpoint once the lock is released.
@@ -149,7 +154,9 @@ pub(super) enum EndpointMsg {
 
 pub struct IntelIommu {
     state: Mutex<State>,
-    /// Device operations in flight, drained by invalidation waits.
+    /// Device operations in flight, by requester ID: invalidation waits
+    /// (and register-based invalidations) drain those that may use what
+    /// was invalidated.
     pub(super) fence: Arc<DmaFence>,
     pub(super) mem: GuestMemoryMmap,
     /// Passthrough endpoints, synced outside `state` (see `host_sync.rs`).
@@ -180,6 +187,7 @@ impl IntelIommu {
                 to_endpoints: Vec::new(),
                 host: HostSyncState::default(),
                 queue: Engine::default(),
+                domain_users: DomainUsers::default(),
             }),
             fence: Arc::new(DmaFence::default()),
             mem,
@@ -242,11 +250,14 @@ impl IntelIommu {
             st.regs.set32(GCMD, 0);
         }
         // Commands fire when the byte holding their start bit is written.
+        // What a register-based invalidation removed is drained before
+        // the write returns (below).
+        let mut drain = FenceScope::default();
         if touches(offset, len, CCMD + 7, 1) && st.regs.get64(CCMD) & CCMD_ICC != 0 {
-            self.context_command(&mut st);
+            drain.merge(self.context_command(&mut st));
         }
         if touches(offset, len, IOTLB + 7, 1) && st.regs.get64(IOTLB) & IOTLB_IVT != 0 {
-            self.iotlb_command(&mut st);
+            drain.merge(self.iotlb_command(&mut st));
         }
         let mut run_queue = false;
         if touches(offset, len, FSTS, 4) {
@@ -289,6 +300,12 @@ impl IntelIommu {
             self.finish(st);
             self.run_host_sync(plan);
         }
+        // A register-based invalidation completes (IVT or ICC reads 0)
+        // only once the DMA that may use what it removed has drained
+        // (§6.5; the unit reports DRD and DWD, and Linux sets DR and DW in
+        // the IOTLB register, §11.4.8.1). Drained unlocked, as a queued
+        // wait does.
+        self.fence.drain(&drain);
     }
 
     // --- global command (§10.4.4) ---
@@ -345,7 +362,9 @@ impl IntelIommu {
 
     // --- register-based invalidation (§6.5.1) ---
 
-    fn context_command(&self, st: &mut State) {
+    /// Runs the context-cache invalidation in CCMD; returns what must
+    /// drain before it completes.
+    fn context_command(&self, st: &mut State) -> FenceScope {
         let v = st.regs.get64(CCMD);
         let cirg = (v >> 61) & 3;
         match cirg {
@@ -363,25 +382,43 @@ impl IntelIommu {
         let caig = if cirg == 0 { 0 } else { cirg };
         st.regs
             .set64(CCMD, (v & !CCMD_ICC & !(3 << 59)) | (caig << 59));
+        if cirg == 0 {
+            // Reserved granularity: nothing was invalidated.
+            FenceScope::default()
+        } else {
+            st.domain_users.scope_of(Invalidated::Everything)
+        }
     }
 
-    fn iotlb_command(&self, st: &mut State) {
+    /// Runs the IOTLB invalidation in the IOTLB register; returns what
+    /// must drain before it completes.
+    fn iotlb_command(&self, st: &mut State) -> FenceScope {
         let v = st.regs.get64(IOTLB);
         let iva = st.regs.get64(IVA);
         let did = (v >> 32) as u16;
         let iirg = (v >> 60) & 3;
-        match iirg {
-            1 => st.caches.flush_iotlb_all(),
-            2 => st.caches.flush_iotlb_domain(did),
-            3 => st
-                .caches
-                .flush_iotlb_pages(did, None, iva & !0xfff, (iva & 0x3f) as u8),
-            _ => {}
-        }
+        let drain = match iirg {
+            1 => {
+                st.caches.flush_iotlb_all();
+                st.domain_users.scope_of(Invalidated::Everything)
+            }
+            2 => {
+                st.caches.flush_iotlb_domain(did);
+                st.domain_users.scope_of(Invalidated::Domain(did))
+            }
+            3 => {
+                st.caches
+                    .flush_iotlb_pages(did, None, iva & !0xfff, (iva & 0x3f) as u8);
+                st.domain_users.scope_of(Invalidated::Domain(did))
+            }
+            // Reserved granularity: nothing was invalidated.
+            _ => FenceScope::default(),
+        };
         Self::iotlb_dirty(st, iirg, did, iva & !0xfff, (iva & 0x3f) as u8);
         self.counters.bump_invalidation(Invalidation::IotlbCommand);
         st.regs
             .set64(IOTLB, (v & !IOTLB_IVT & !(3 << 57)) | (iirg << 57));
+        drain
     }
 
     // --- translation and interrupt remapping ---
@@ -422,7 +459,9 @@ impl IntelIommu {
             Ok(Resolved::Identity) => {
                 self.counters.identity.fetch_add(1, Relaxed);
             }
-            Ok(Resolved::Page { hit, .. }) => {
+            Ok(Resolved::Page { hit, did, .. }) => {
+                // Before the translation is used: see `DomainUsers`.
+                st.domain_users.record(req.sid, *did, &self.fence);
                 self.counters.translations.fetch_add(1, Relaxed);
                 let c = if *hit {
                     &self.counters.iotlb_hits
