@@ -160,6 +160,11 @@ if [ -n "${watchdog:-}" ]; then
             done
         done
         grep -E "^ *(LOC|RES|CAL):" /proc/interrupts | sed "s/^/L1-WATCHDOG: /"
+        # Armed hrtimers per L1 CPU (the LAPIC timer of a guest vCPU is
+        # apic_timer_fn) and the next_event of each clock event device: a
+        # timer whose expiry is long past the now-at line means that the
+        # timer of L1 itself stopped.
+        grep -vE "^ *$" /proc/timer_list | sed "s/^/L1-WATCHDOG-TIMERS: /"
         echo w >/proc/sysrq-trigger
     ) &
 fi
