@@ -42,7 +42,7 @@ pub struct Cli {
     pub vfio: Vec<VfioConfig>,
     /// An emulated IOMMU: intel[,scalable=on|off][,first-stage=on|off]
     /// [,caching-mode=on|off][,intremap=on|off][,aw-bits=39|48|57][,pasid-bits=N]
-    /// [,nested=auto|on|off]
+    /// [,nested=auto|on|off][,offer-nesting=on|off]
     #[arg(long, value_name = "SPEC", value_parser = parse_viommu)]
     pub viommu: Option<ViommuConfig>,
     /// Print device and IOMMU counters to stderr when the VMM exits.
@@ -259,6 +259,7 @@ pub fn parse_viommu(s: &str) -> Result<ViommuConfig, String> {
                 }
             }
             "intremap" => c.intremap = parse_on_off(k, v)?,
+            "offer-nesting" => c.offer_nesting = parse_on_off(k, v)?,
             "aw-bits" => {
                 c.aw_bits = v
                     .parse()
@@ -394,6 +395,13 @@ mod tests {
         assert_eq!((v.first_stage_given, v.nested), (Some(true), Nesting::Off));
         assert_eq!(parse_viommu("intel,nested=on").unwrap().nested, Nesting::On);
         assert!(parse_viommu("intel,nested=maybe").is_err());
+        // offer-nesting is what the guest sees, nested= what the host does.
+        let v = parse_viommu("intel,offer-nesting=on").unwrap();
+        assert!(v.vtd.offer_nesting && v.nested == Nesting::Auto);
+        assert!(!parse_viommu("intel").unwrap().vtd.offer_nesting);
+        let e = parse_viommu("intel,first-stage=off,offer-nesting=on").unwrap_err();
+        assert!(e.contains("offer-nesting=on needs"), "{e}");
+        assert!(parse_viommu("intel,scalable=off,offer-nesting=on").is_err());
         let c = parse_viommu("intel,caching-mode=on,aw-bits=39,pasid-bits=20")
             .unwrap()
             .vtd;

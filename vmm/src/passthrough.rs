@@ -164,6 +164,14 @@ fn choose_viommu(cfg: ViommuConfig, behind: &[(String, bool)]) -> Result<VtdConf
                 .into(),
         ));
     }
+    if vtd.offer_nesting {
+        return Err(VmmError::Input(
+            "--viommu offer-nesting=on cannot be used with a --vfio device behind the vIOMMU \
+             on a host without nested translation (the shadow path turns the first stage off, \
+             and nesting needs it)"
+                .into(),
+        ));
+    }
     if cfg.caching_mode_given == Some(false) {
         return Err(VmmError::Input(
             "--viommu caching-mode=off cannot be used with a --vfio device behind the vIOMMU \
@@ -212,6 +220,16 @@ mod tests {
         let c = choose("intel", &[]).unwrap();
         assert!(c.first_stage && !c.caching_mode);
         assert!(choose("intel,nested=on", &[]).is_ok());
+    }
+
+    #[test]
+    fn offered_nesting_cannot_be_shadowed() {
+        assert!(choose("intel,offer-nesting=on", &[]).unwrap().offer_nesting);
+        let e = choose(
+            "intel,offer-nesting=on",
+            &[("/dev/vfio/devices/vfio0", false)],
+        );
+        assert!(e.unwrap_err().contains("offer-nesting=on"));
     }
 
     #[test]

@@ -211,6 +211,7 @@ pub fn run_counted(data: &[u8]) -> Option<Box<super::Counters>> {
         } else {
             0
         },
+        offer_nesting: scalable && flags & 0x82 == 0x82,
     };
     let Ok(mem) = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]) else {
         return None;

@@ -134,6 +134,7 @@ impl<'a> Input<'a> {
             intremap: false,
             aw_bits: [39, 48, 57, 48][usize::from(flags >> 4) & 3],
             pasid_bits: if scalable && flags & 0x40 != 0 { 8 } else { 0 },
+            offer_nesting: scalable && flags & 0x82 == 0x82,
         }
     }
 }

@@ -93,6 +93,8 @@ pub struct Features {
     pub pasid_bits: u8,
     pub device_tlb: bool,
     pub page_requests: bool,
+    /// Nested translation offered (`offer-nesting=on`).
+    pub nesting: bool,
 }
 
 impl Features {
@@ -148,7 +150,14 @@ impl Features {
             e |= 1 << 48; // SMPWC
             if self.first_stage {
                 e |= 1 << 47; // FLTS
-                e |= 1 << 26; // NEST: first stage through second stage
+            }
+            if self.nesting {
+                // NEST: first stage through second stage. SRS: the walk
+                // honours SRE/WPE, which a guest hypervisor's nested
+                // entries may carry (Linux refuses SRE without SRS). EAFS
+                // (the extended accessed flag) is not offered.
+                e |= 1 << 26;
+                e |= 1 << 31;
             }
             if self.pasid_bits > 0 {
                 e |= 1 << 40; // PASID
@@ -293,6 +302,7 @@ mod tests {
             pasid_bits: 0,
             device_tlb: false,
             page_requests: false,
+            nesting: false,
         }
     }
 
@@ -314,6 +324,21 @@ mod tests {
             ..f
         };
         assert_ne!(cm.cap() & (1 << 7), 0);
+    }
+
+    #[test]
+    fn nesting_is_offered_only_on_request() {
+        let f = features();
+        assert_eq!(f.ecap() & (1 << 26 | 1 << 31), 0, "no NEST, no SRS");
+        let n = Features { nesting: true, ..f };
+        assert_ne!(n.ecap() & (1 << 26), 0, "NEST");
+        assert_ne!(n.ecap() & (1 << 31), 0, "SRS");
+        assert_eq!(n.ecap() & (1 << 34), 0, "no EAFS: not modelled");
+        // Linux's nested_supported(): scalable mode and NEST; its
+        // second-stage parent needs SLTS, its nested domains FLTS.
+        for bit in [43, 46, 47] {
+            assert_ne!(n.ecap() & (1 << bit), 0, "ECAP bit {bit}");
+        }
     }
 
     #[test]

@@ -402,7 +402,11 @@ fn legacy_rig() -> (Rig, u64) {
 /// Scalable mode with root, context (PASIDE, PDTS 0), PASID directory
 /// entry 0; the PASID entries are the caller's.
 fn scalable_base(aw_bits: u8) -> Rig {
-    let r = Rig::new(Rig::scalable_cfg(aw_bits));
+    scalable_base_with(Rig::scalable_cfg(aw_bits))
+}
+
+fn scalable_base_with(cfg: VtdConfig) -> Rig {
+    let r = Rig::new(cfg);
     r.put(ROOT, CTX | 1);
     r.put(ROOT + 8, CTX_HI | 1);
     r.sm_context(DEVFN, PASID_DIR | 1 | 8, 0);
@@ -1701,7 +1705,14 @@ struct Nested {
 const IPA: u64 = 0x1_0000_0000;
 
 fn nested_rig() -> Nested {
-    let r = scalable_base(48);
+    nested_rig_with(true)
+}
+
+fn nested_rig_with(offer_nesting: bool) -> Nested {
+    let r = scalable_base_with(VtdConfig {
+        offer_nesting,
+        ..Rig::scalable_cfg(48)
+    });
     let sl = r.alloc();
     let fl_ipa = [IPA, IPA + 0x1000, IPA + 0x2000, IPA + 0x3000];
     let fl_gpa = [r.alloc(), r.alloc(), r.alloc(), r.alloc()];
@@ -1787,6 +1798,14 @@ fn nested_first_stage_table_not_mapped_by_second_stage() {
     let n = nested_rig();
     n.r.pasid_entry(0, pe_nested(1 << 45, 4, n.sl, 3));
     n.r.assert_fault(rd(0x5000), 0x74);
+}
+
+#[test]
+fn nested_entries_are_invalid_unless_nesting_is_offered() {
+    let n = nested_rig_with(false);
+    assert_eq!(n.r.r64(ECAP) & (1 << 26), 0, "no ECAP.NEST");
+    // PGTT = 011b is a reserved value to a guest not offered nesting.
+    n.r.assert_fault(rd(0x5000), 0x5b);
 }
 
 #[test]

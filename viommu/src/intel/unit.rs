@@ -47,6 +47,10 @@ pub struct VtdConfig {
     pub intremap: bool,
     pub aw_bits: u8,
     pub pasid_bits: u8,
+    /// Advertise nested translation (ECAP.NEST, §3.8): a guest that is
+    /// itself a hypervisor may then put its guests' first-stage tables
+    /// over its own second stage (PASID entries with PGTT = 011b).
+    pub offer_nesting: bool,
 }
 
 impl Default for VtdConfig {
@@ -58,6 +62,7 @@ impl Default for VtdConfig {
             intremap: true,
             aw_bits: 48,
             pasid_bits: 0,
+            offer_nesting: false,
         }
     }
 }
@@ -72,6 +77,11 @@ pub enum VtdConfigError {
     PasidNeedsScalable,
     #[error("first-stage=on needs scalable=on (first-stage tables exist only in scalable mode)")]
     FirstStageNeedsScalable,
+    #[error(
+        "offer-nesting=on needs scalable=on and first-stage=on (nested translation walks \
+         first-stage tables through the second stage)"
+    )]
+    NestingNeedsFirstStage,
 }
 
 impl VtdConfig {
@@ -88,6 +98,9 @@ impl VtdConfig {
         if self.first_stage && !self.scalable {
             return Err(VtdConfigError::FirstStageNeedsScalable);
         }
+        if self.offer_nesting && !(self.scalable && self.first_stage) {
+            return Err(VtdConfigError::NestingNeedsFirstStage);
+        }
         Ok(())
     }
 
@@ -103,6 +116,7 @@ impl VtdConfig {
             // (ATS) and page requests (PRI).
             device_tlb: self.pasid_bits > 0,
             page_requests: self.pasid_bits > 0,
+            nesting: self.offer_nesting,
         }
     }
 }
@@ -438,7 +452,7 @@ impl IntelIommu {
             device_tlb: f.device_tlb,
             first_stage: f.first_stage,
             five_level_fs: f.first_stage,
-            nested: f.first_stage,
+            nested: f.nesting,
             fl_1g: f.first_stage,
             rid_pasid_supported: false,
         }
