@@ -1,0 +1,26 @@
+#!/bin/sh
+# Runs in a Linux guest whose IOMMU is the VMM's VT-d with nesting offered:
+# binds the dma-test device to vfio-pci and takes it through iommufd to a
+# nested page table (tests/guest/nest-probe.c), as a guest hypervisor does.
+echo "GUEST-USERSPACE-REACHED"
+dmesg | grep -iE "dmar|iommu" | sed 's/^/DMESG: /'
+d=""
+for p in /sys/bus/pci/devices/*; do
+    [ "$(cat "$p/vendor")" = 0x1234 ] && [ "$(cat "$p/device")" = 0x5a5a ] && d=$p
+done
+[ -n "$d" ] || { echo "NEST-CHECK=no-dma-test"; exit 1; }
+bdf=${d##*/}
+echo vfio-pci >"$d/driver_override"
+[ -e "$d/driver" ] && echo "$bdf" >"$d/driver/unbind"
+echo "$bdf" >/sys/bus/pci/drivers_probe
+c=""
+for i in 1 2 3 4 5 6 7 8 9 10; do
+    c=$(ls "$d/vfio-dev" 2>/dev/null) && [ -n "$c" ] && [ -e "/dev/vfio/devices/$c" ] && break
+    c=""
+    sleep 0.5
+done
+echo "VFIO-CDEV=$c"
+[ -n "$c" ] && /bin/nest-probe "/dev/vfio/devices/$c"
+echo "NEST-PROBE-STATUS=$?"
+dmesg | grep -iE "DMAR.*fault|fault.*DMAR|iommu.*(error|fail)|pasid.*(error|fail)" | sed 's/^/BAD-DMESG: /'
+echo "GUEST-CHECKS-DONE"

@@ -1,0 +1,54 @@
+//! The VMM's VT-d as the host IOMMU of a guest hypervisor: the 7.2 kernel
+//! that resources/l1-kernel.sh builds (iommufd, VFIO cdev, intel-iommu)
+//! boots as a guest with `--viommu intel,offer-nesting=on` and the
+//! dma-test device behind the unit. Its real intel-iommu driver allocates
+//! a NEST_PARENT domain (refused by an IOMMU without ECAP.NEST, e.g.
+//! QEMU's VT-d) and a nested one from a first-stage table a guest program
+//! built, and programs a nested PASID entry into the emulated unit; the
+//! device's DMA then lands where first stage ∘ second stage says, and
+//! follows a batched first-stage invalidation.
+
+use guest_tests::*;
+
+#[test]
+fn guest_hypervisor_nests_through_the_emulated_vtd() {
+    let _l1 = serial();
+    let dir = scratch("nesting-guest-hypervisor");
+    let probe = guest_program(&dir, "nest-probe.c");
+    let initrd = initramfs_with(&dir, "nest-check.sh", &[], &[(probe, "/bin/nest-probe")]);
+    let mut args = VmmArgs::new(initrd);
+    args.memory = "1G";
+    args.cmdline = "console=ttyS0 quiet panic=-1 intel_iommu=on".into();
+    args.extra = vec![
+        "--viommu".into(),
+        "intel,offer-nesting=on".into(),
+        "--device".into(),
+        "dma-test,iommu=on".into(),
+        "--counters".into(),
+    ];
+    let mut cmd = args.command();
+    // The guest is the 7.2 kernel (iommufd and VFIO cdev built in).
+    let k = cmd.iter().position(|a| a == "--kernel").expect("--kernel") + 1;
+    cmd[k] = l1_kernel_dir().join("vmlinuz").display().to_string();
+    let run = run_in_l1(&dir, &cmd);
+    let out = &run.output;
+    assert!(run.has_line("GUEST-CHECKS-DONE"), "{out}");
+    assert_eq!(run.status, 0, "{out}");
+    assert_eq!(run.value("HW-INFO-TYPE").as_deref(), Some("1"), "{out}");
+    assert_eq!(run.value("HW-INFO-NEST").as_deref(), Some("1"), "{out}");
+    for key in ["NEST-PARENT", "NESTED", "ATTACH", "DMA1", "DMA2"] {
+        assert_eq!(run.value(key).as_deref(), Some("ok"), "{key}: {out}");
+    }
+    assert_eq!(run.value("DMA1-STATUS").as_deref(), Some("1"), "{out}");
+    assert_eq!(run.value("DMA2-STATUS").as_deref(), Some("1"), "{out}");
+    // One ioctl took the whole batch.
+    assert_eq!(run.value("INVALIDATE").as_deref(), Some("ok"), "{out}");
+    assert_eq!(run.value("entries").as_deref(), Some("8"), "{out}");
+    let bad: Vec<&str> = out.lines().filter(|l| l.contains("BAD-DMESG")).collect();
+    assert!(bad.is_empty(), "fault/error lines in dmesg: {bad:?}");
+    // The guest's nested invalidations reached the unit as PASID-based
+    // IOTLB invalidations, and nothing faulted.
+    assert!(run.counter("inv_p_iotlb") >= 8, "{out}");
+    assert!(run.counter("translations") >= 2, "{out}");
+    assert_eq!(run.counter("faults"), 0, "{out}");
+}
