@@ -8,8 +8,8 @@
  *   nest-probe /dev/vfio/devices/vfioN
  *
  * Prints KEY=VALUE lines (HW-INFO-*, NEST-PARENT, NESTED, ATTACH, DMA1,
- * INVALIDATE, DMA2) for the test to check; exits 0 once it printed them
- * all, 1 at the first failure.
+ * INVALIDATE, DMA2, DMA3) for the test to check; exits 0 once it printed
+ * them all, 1 at the first failure.
  *
  * The iommufd and VFIO cdev uAPI structures are spelled out here (from
  * include/uapi/linux/iommufd.h and vfio.h of Linux 7.2): the build host's
@@ -248,5 +248,9 @@ int main(int argc, char **argv)
 	printf("DMA2-STATUS=%d\n", st);
 	printf("DMA2=%s\n", all(buf + 5 * PAGE + 0x200, 64, 0x5a) &&
 				    all(buf + 4 * PAGE + 0x200, 64, 0) ? "ok" : "wrong-page");
+	/* A page the first stage does not map: the unit faults the DMA and
+	 * reports it to this kernel's DMAR driver (no fault queue here). */
+	st = dma_write(VA + 8 * PAGE, 64, 0x3c);
+	printf("DMA3-STATUS=%d\n", st);
 	return 0;
 }
