@@ -28,13 +28,20 @@
 //! (flushed by device-TLB invalidations); with PRI enabled a failed
 //! translation becomes a page request, STATUS reads 3 (waiting) until the
 //! page group response arrives, and the command is retried.
+//!
+//! Function Level Reset (Device Control bit 15, PCIe 6.0 §6.6.2) returns
+//! the registers above to 0 (STATUS idle), empties the ATC, forgets a
+//! command waiting for a page response, and puts config space back to
+//! power-on: Bus Master Enable off, BAR unassigned, PASID/ATS/PRI control
+//! cleared (PRI Stopped). A command runs entirely within its register
+//! write, under the device's lock, so no DMA is in flight during a reset.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::pci::caps::add_pcie_rciep;
+use crate::pci::caps::{add_pcie_rciep, Flr};
 use crate::pci::config::{Bar, BarKind, ConfigError, ConfigSpace, COMMAND_BUS_MASTER};
 use crate::pci::PciDevice;
 use viommu::{Access, AtsEndpoint, DmaSpace, GuestMemoryMmap, PageRequest};
@@ -182,6 +189,7 @@ struct AtcEntry {
 
 pub struct DmaTest {
     config: ConfigSpace,
+    flr: Flr,
     space: DmaSpace,
     ram: GuestMemoryMmap,
     pasid_cap: Option<usize>,
@@ -243,7 +251,7 @@ impl DmaTest {
                 prefetchable: false,
             },
         )?;
-        add_pcie_rciep(&mut config)?;
+        let pcie_cap = add_pcie_rciep(&mut config)?;
         let mut pasid_cap = None;
         let (mut ats_cap, mut pri_cap) = (None, None);
         if features.ats_pri {
@@ -279,6 +287,7 @@ impl DmaTest {
             )?);
         }
         Ok(DmaTest {
+            flr: Flr::new(&config, pcie_cap),
             config,
             space,
             ram,
@@ -552,10 +561,33 @@ impl PciDevice for DmaTest {
 
     fn write_config(&mut self, offset: usize, data: &[u8]) {
         self.config.write(offset, data);
+        if self.flr.initiated_by(offset, data) {
+            self.function_level_reset();
+            return;
+        }
         self.update_pri_status();
         if !self.ats_enabled() {
             self.atc.clear();
         }
+    }
+
+    fn function_level_reset(&mut self) {
+        self.flr.reset_config(&mut self.config);
+        // The PRI status power-on value already says Stopped.
+        self.update_pri_status();
+        self.atc.clear();
+        self.pending = None;
+        self.prg_index = 0;
+        self.page_requests = 0;
+        self.page_responses = 0;
+        self.addr = 0;
+        self.len = 0;
+        self.pattern = 0;
+        self.pasid = 0;
+        self.status = Status::Idle;
+        self.result = 0;
+        self.faults = 0;
+        self.done = 0;
     }
 
     fn bars(&self) -> Vec<(usize, Bar)> {

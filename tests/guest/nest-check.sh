@@ -22,6 +22,9 @@ done
 echo "VFIO-CDEV=$c"
 [ -n "$c" ] && /bin/nest-probe "/dev/vfio/devices/$c"
 echo "NEST-PROBE-STATUS=$?"
+# The function resets the way vfio-pci resets it for the next user: FLR.
+echo "RESET-METHOD=$(cat "$d/reset_method" 2>/dev/null)"
+if echo 1 >"$d/reset"; then echo "RESET=ok"; else echo "RESET=failed"; fi
 # The one fault nest-probe provokes (DMA3) is expected; anything else is not.
 dmesg | grep -E "DMAR: \[DMA" | sed 's/^/FAULT-DMESG: /'
 dmesg | grep -iE "DMAR.*fault|fault.*DMAR|iommu.*(error|fail)|pasid.*(error|fail)" |

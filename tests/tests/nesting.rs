@@ -42,6 +42,9 @@ fn guest_hypervisor_nests_through_the_emulated_vtd() {
     }
     assert_eq!(run.value("DMA1-STATUS").as_deref(), Some("1"), "{out}");
     assert_eq!(run.value("DMA2-STATUS").as_deref(), Some("1"), "{out}");
+    // vfio-pci resets the function with FLR, which it advertises.
+    assert_eq!(run.value("RESET-METHOD").as_deref(), Some("flr"), "{out}");
+    assert_eq!(run.value("RESET").as_deref(), Some("ok"), "{out}");
     // One ioctl took the whole batch.
     assert_eq!(run.value("INVALIDATE").as_deref(), Some("ok"), "{out}");
     assert_eq!(run.value("entries").as_deref(), Some("8"), "{out}");

@@ -252,3 +252,137 @@ fn page_pieces_cover_the_range_exactly() {
         }]
     );
 }
+
+fn flr(d: &mut DmaTest) {
+    let pcie = d
+        .config
+        .capabilities()
+        .into_iter()
+        .find(|c| c.1 == crate::pci::caps::CAP_ID_PCIE)
+        .unwrap()
+        .0;
+    let devcap = d.config.read_u32(pcie + crate::pci::caps::PCIE_DEVCAP);
+    assert_ne!(devcap & crate::pci::caps::DEVCAP_FLR, 0, "FLR advertised");
+    let devctl = pcie + crate::pci::caps::PCIE_DEVCTL;
+    let mut v = [0u8; 2];
+    d.read_config(devctl, &mut v);
+    let v = u16::from_le_bytes(v) | crate::pci::caps::DEVCTL_BCR_FLR;
+    d.write_config(devctl, &v.to_le_bytes());
+    assert_eq!(
+        d.config.read_u16(devctl) & crate::pci::caps::DEVCTL_BCR_FLR,
+        0
+    );
+}
+
+#[test]
+fn flr_resets_registers_and_config_space() {
+    use crate::pci::config::{BAR0, COMMAND_MEMORY_SPACE, INTERRUPT_LINE, STATUS};
+    let (mut d, ram) = dev();
+    let power_on: Vec<u32> = (0..0x40).step_by(4).map(|o| d.config.read_u32(o)).collect();
+    d.set_bar_address(0, 0xc000_0000);
+    let cmd = COMMAND_MEMORY_SPACE | COMMAND_BUS_MASTER;
+    d.write_config(COMMAND, &cmd.to_le_bytes());
+    d.write_config(INTERRUPT_LINE, &[10]);
+    d.config.set_u16(STATUS, d.config.read_u16(STATUS) | 0x8000);
+    d.write_bar(0, REG_ADDR, &0x3000u64.to_le_bytes());
+    w32(&mut d, REG_LEN, 8);
+    w32(&mut d, REG_PATTERN, 0x11);
+    w32(&mut d, REG_PASID, 7);
+    w32(&mut d, REG_COMMAND, Command::Read as u32);
+    assert_eq!(r32(&mut d, REG_DONE), 1);
+    assert_eq!(d.bar_containing(0xc000_0010), Some((0, 0x10)));
+
+    flr(&mut d);
+
+    let now: Vec<u32> = (0..0x40).step_by(4).map(|o| d.config.read_u32(o)).collect();
+    assert_eq!(now, power_on, "header back to power-on");
+    assert_eq!(d.config.command(), 0);
+    assert_eq!(d.config.read_u32(BAR0), 0);
+    assert_eq!(d.bar_containing(0xc000_0010), None);
+    for reg in [REG_ADDR, REG_LEN, REG_PATTERN, REG_PASID, REG_RESULT] {
+        assert_eq!(r32(&mut d, reg), 0, "register {reg:#x}");
+    }
+    assert_eq!(r32(&mut d, REG_STATUS), Status::Idle as u32);
+    assert_eq!(r32(&mut d, REG_DONE), 0);
+    assert_eq!(r32(&mut d, REG_FAULTS), 0);
+    assert_eq!(r32(&mut d, REG_ID), ID);
+    // DMA needs Bus Master Enable again.
+    d.write_bar(0, REG_ADDR, &0x3000u64.to_le_bytes());
+    w32(&mut d, REG_LEN, 8);
+    w32(&mut d, REG_PATTERN, 0x22);
+    w32(&mut d, REG_COMMAND, Command::Write as u32);
+    assert_eq!(r32(&mut d, REG_STATUS), Status::Fault as u32);
+    assert_eq!(ram.read_obj::<u8>(GuestAddress(0x3000)).unwrap(), 0);
+    d.write_config(COMMAND, &COMMAND_BUS_MASTER.to_le_bytes());
+    w32(&mut d, REG_COMMAND, Command::Write as u32);
+    assert_eq!(r32(&mut d, REG_STATUS), Status::Done as u32);
+    assert_eq!(ram.read_obj::<u8>(GuestAddress(0x3000)).unwrap(), 0x22);
+}
+
+/// ATS translations fail; page requests are taken and never answered.
+struct Unmapped;
+
+impl viommu::Translate for Unmapped {
+    fn translate(
+        &self,
+        _requester_id: u16,
+        _pasid: Option<u32>,
+        iova: u64,
+        len: u64,
+        _access: Access,
+    ) -> Result<Vec<viommu::Translation>, viommu::DmaFault> {
+        Err(viommu::DmaFault::Blocked {
+            iova,
+            len,
+            reason: "unmapped".into(),
+        })
+    }
+
+    fn page_request(&self, _req: &PageRequest) -> Result<(), viommu::DmaFault> {
+        Ok(())
+    }
+}
+
+#[test]
+fn flr_clears_pasid_ats_pri_atc_and_the_pending_page_request() {
+    let ram = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+    let f = DmaTestFeatures {
+        pasid_bits: 20,
+        ats_pri: true,
+    };
+    let space = DmaSpace::translated(0x10, Arc::new(Unmapped));
+    let mut d = DmaTest::new(space, ram, f).unwrap();
+    let (ats, pri, pasid) = (d.ats_cap.unwrap(), d.pri_cap.unwrap(), d.pasid_cap.unwrap());
+    let pri_status = d.config.read_u16(pri + 6);
+    d.write_config(ats + 6, &(1u16 << 15).to_le_bytes());
+    d.write_config(pri + 4, &1u16.to_le_bytes());
+    d.write_config(pri + 12, &8u32.to_le_bytes());
+    d.write_config(pasid + 6, &1u16.to_le_bytes());
+    d.write_config(COMMAND, &COMMAND_BUS_MASTER.to_le_bytes());
+    d.atc.insert(
+        (None, 0x5000),
+        AtcEntry {
+            gpa: 0x5000,
+            write: true,
+        },
+    );
+    w32(&mut d, REG_LEN, 4);
+    w32(&mut d, REG_COMMAND, Command::Write as u32);
+    assert_eq!(r32(&mut d, REG_STATUS), Status::Waiting as u32);
+    assert_eq!(r32(&mut d, REG_PAGE_REQUESTS), 1);
+
+    flr(&mut d);
+
+    assert!(!d.ats_enabled() && !d.pri_enabled() && !d.pasid_enabled());
+    assert_eq!(d.config.read_u16(ats + 6), 0);
+    assert_eq!(d.config.read_u32(pri + 12), 0, "PRI allocation");
+    assert_eq!(d.config.read_u16(pri + 6), pri_status, "PRI Stopped again");
+    assert!(d.atc.is_empty());
+    assert_eq!(d.pending, None);
+    assert_eq!(r32(&mut d, REG_STATUS), Status::Idle as u32);
+    assert_eq!(r32(&mut d, REG_PAGE_REQUESTS), 0);
+    // A response to the request made before the reset resumes nothing.
+    d.on_page_response(0);
+    assert_eq!(r32(&mut d, REG_STATUS), Status::Idle as u32);
+    assert_eq!(r32(&mut d, REG_DONE), 0);
+}

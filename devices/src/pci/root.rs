@@ -23,6 +23,17 @@ pub trait PciDevice: Send {
     fn bar_containing(&self, addr: u64) -> Option<(usize, u64)>;
     fn read_bar(&mut self, index: usize, offset: u64, data: &mut [u8]);
     fn write_bar(&mut self, index: usize, offset: u64, data: &[u8]);
+    /// Function Level Reset (PCIe 6.0 §6.6.2): config space and internal
+    /// state back to power-on, except what FLR preserves. A function that
+    /// advertises FLR (Device Capabilities bit 28) calls this from
+    /// `write_config` when the guest writes Initiate Function Level Reset
+    /// (see [`super::caps::Flr`]); it returns once the reset is complete,
+    /// so the guest's 100 ms wait is always enough.
+    ///
+    /// The default does nothing: a function without FLR does not set the
+    /// capability bit, and ignores writes of the bit, as the specification
+    /// requires of such functions (§7.5.3.4).
+    fn function_level_reset(&mut self) {}
 }
 
 pub type SharedPciDevice = Arc<Mutex<dyn PciDevice>>;

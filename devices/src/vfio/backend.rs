@@ -11,7 +11,7 @@ use std::io;
 use std::mem::ManuallyDrop;
 use std::ops::Deref;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 
 use vfio_bindings::bindings::vfio::{
     VFIO_BASE, VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_ACTION_UNMASK, VFIO_IRQ_SET_DATA_EVENTFD,
@@ -414,7 +414,17 @@ impl VfioBackend for VfioDevice {
         // SAFETY: an argument-less ioctl on our open VFIO device.
         let r = unsafe { libc::ioctl(self.inner.as_raw_fd(), vfio_io(VFIO_BASE + 11) as _) };
         if r < 0 {
-            return Err(io::Error::last_os_error());
+            // Say what was tried: the ioctl, and the methods the kernel has
+            // for the device (one of which it would have used).
+            let e = io::Error::last_os_error();
+            let methods = match self.device_file().metadata() {
+                Ok(m) => super::open::reset_methods(m.rdev()),
+                Err(m) => format!("the device's sysfs node is unknown: {m}"),
+            };
+            return Err(io::Error::new(
+                e.kind(),
+                format!("VFIO_DEVICE_RESET ioctl: {e}; {methods}"),
+            ));
         }
         Ok(())
     }

@@ -118,15 +118,49 @@ pub fn resolve_cdev(path: &Path) -> Result<PathBuf, VfioOpenError> {
 /// node (`/sys/dev/char/MAJ:MIN` → `.../vfio-dev/vfioN`). Without sysfs we
 /// cannot tell and let the bind decide.
 fn is_vfio_cdev(rdev: u64) -> bool {
-    let major = ((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff);
-    let minor = (rdev & 0xff) | ((rdev >> 12) & !0xff);
-    let node = PathBuf::from(format!("/sys/dev/char/{major}:{minor}"));
-    match fs::canonicalize(&node) {
+    match fs::canonicalize(char_node(rdev)) {
         Ok(target) => target
             .parent()
             .and_then(|p| p.file_name())
             .is_some_and(|n| n == "vfio-dev"),
         Err(_) => !Path::new("/sys/dev/char").exists(),
+    }
+}
+
+/// The sysfs node of the char device `rdev`: `/sys/dev/char/MAJ:MIN`.
+fn char_node(rdev: u64) -> PathBuf {
+    let major = ((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff);
+    let minor = (rdev & 0xff) | ((rdev >> 12) & !0xff);
+    PathBuf::from(format!("/sys/dev/char/{major}:{minor}"))
+}
+
+/// What the kernel can reset the PCI function behind the VFIO cdev `rdev`
+/// with, for a failed VFIO_DEVICE_RESET: its sysfs `reset_method` (the
+/// cdev's node is `<pci device>/vfio-dev/vfioN`; its `device` link leads
+/// back to the function).
+pub(super) fn reset_methods(rdev: u64) -> String {
+    match fs::canonicalize(char_node(rdev).join("device")) {
+        Ok(dir) => describe_reset_methods(&dir),
+        Err(e) => format!("the device's sysfs directory was not found: {e}"),
+    }
+}
+
+/// `reset_method` of the PCI function at `dir`. The kernel hides the
+/// attribute when it found no method at all, which is when vfio-pci
+/// refuses VFIO_DEVICE_RESET with EINVAL.
+fn describe_reset_methods(dir: &Path) -> String {
+    let name = dir.file_name().map_or_else(
+        || dir.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    match fs::read_to_string(dir.join("reset_method")) {
+        Ok(m) if !m.trim().is_empty() => format!("{name} reset_method: {}", m.trim()),
+        Ok(_) => format!("{name} reset_method: none"),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => format!(
+            "{name} has no reset_method in sysfs: the kernel found no reset \
+             (no FLR, no PM reset, no bus or slot reset)"
+        ),
+        Err(e) => format!("{name} reset_method unreadable: {e}"),
     }
 }
 
@@ -230,6 +264,26 @@ mod tests {
             std::os::unix::fs::symlink(&drv, t.as_path().join("driver")).unwrap();
         }
         t
+    }
+
+    #[test]
+    fn reset_methods_from_sysfs() {
+        let t = sysfs_device(Some("vfio-pci"));
+        let dir = t.as_path().join("0000:00:03.0");
+        fs::create_dir(&dir).unwrap();
+        let none = describe_reset_methods(&dir);
+        assert!(
+            none.starts_with("0000:00:03.0 has no reset_method in sysfs"),
+            "{none}"
+        );
+        fs::write(dir.join("reset_method"), "flr bus\n").unwrap();
+        assert_eq!(
+            describe_reset_methods(&dir),
+            "0000:00:03.0 reset_method: flr bus"
+        );
+        // Not a char device with a sysfs node: said so, on one line.
+        let missing = reset_methods(u64::MAX);
+        assert!(!missing.contains('\n'), "{missing}");
     }
 
     #[test]

@@ -10,6 +10,12 @@
 //!
 //! Queue notifications are KVM ioeventfds once the driver is running, so a
 //! kick reaches the device's event loop without a trip through this code.
+//!
+//! Function Level Reset (PCIe 6.0 §6.6.2) is the driver's reset (device
+//! status 0: ioeventfds removed, the device stopped under its lock, queues,
+//! features, vectors and ISR cleared) plus config generation, the MSI-X
+//! table (every vector masked, KVM routes withdrawn) and config space back
+//! to power-on. The backing disk is not touched.
 
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,7 +27,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::device::{validate_queues, SharedConfig, VirtioDevice, VirtioInterrupt};
 use super::{features, status};
 use crate::interrupt::{IoEventRegistry, MsiRouter};
-use crate::pci::caps::{add_dsn, add_msix, add_pcie_rciep, CAP_ID_VENDOR};
+use crate::pci::caps::{add_dsn, add_msix, add_pcie_rciep, Flr, CAP_ID_VENDOR};
 use crate::pci::config::{Bar, BarKind, ConfigError, ConfigSpace};
 use crate::pci::msix::Msix;
 use crate::pci::PciDevice;
@@ -93,6 +99,7 @@ impl VirtioInterrupt for MsixInterrupt {
 /// A virtio device on the PCI bus.
 pub struct VirtioPciDevice {
     config: ConfigSpace,
+    flr: Flr,
     msix_cap: usize,
     pci_cfg_cap: usize,
     msix: Arc<Mutex<Msix>>,
@@ -216,7 +223,7 @@ impl VirtioPciDevice {
             &vcap(CFG_TYPE_PCI, 0, 0, &[0; 4]),
             &pci_cfg_mask,
         )?;
-        add_pcie_rciep(&mut config)?;
+        let pcie_cap = add_pcie_rciep(&mut config)?;
         let msix_cap = add_msix(
             &mut config,
             vectors,
@@ -238,6 +245,7 @@ impl VirtioPciDevice {
             device_features |= features::ACCESS_PLATFORM;
         }
         Ok(VirtioPciDevice {
+            flr: Flr::new(&config, pcie_cap),
             config,
             msix_cap,
             pci_cfg_cap,
@@ -603,12 +611,35 @@ impl PciDevice for VirtioPciDevice {
             return;
         }
         self.config.write(offset, data);
+        if self.flr.initiated_by(offset, data) {
+            self.function_level_reset();
+            return;
+        }
         if Self::overlaps(offset, data.len(), self.msix_cap + 2, 2) {
             let control = self.config.read_u16(self.msix_cap + 2);
             if let Ok(mut m) = self.msix.lock() {
                 m.set_control(control);
             }
         }
+    }
+
+    /// The driver's reset first: it unregisters the ioeventfds (at the
+    /// addresses they were registered at, whatever the BAR says now) and
+    /// stops the device under its lock, so a pass the event loop is making
+    /// over the queue (bounded, see the block device) completes before
+    /// the queues and the memory they use are dropped. The stopped device
+    /// keeps no interrupt handle, so nothing signals MSI-X after that; its
+    /// reset then masks every vector, withdraws the KVM routes and clears
+    /// what the last pass left pending. Lock order is as for status 0: the
+    /// device's lock is released before the MSI-X lock is taken (the event
+    /// loop takes them in that order too).
+    fn function_level_reset(&mut self) {
+        self.reset();
+        self.config_generation = 0;
+        if let Ok(mut m) = self.msix.lock() {
+            m.reset();
+        }
+        self.flr.reset_config(&mut self.config);
     }
 
     fn bars(&self) -> Vec<(usize, Bar)> {
