@@ -87,7 +87,7 @@ fn run_case(name: &str, cmdline: &str, viommu: &[&str], vfio_opts: &str) -> (f64
     let opts = L1Options {
         kernel_dir: Some(l1_kernel_dir()),
         nvme: Some(image),
-        nvme_native: None,
+        ..L1Options::default()
     };
     let run = run_in_l1_opts(&dir, &opts, &cmd);
     let best = run

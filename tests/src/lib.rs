@@ -221,6 +221,9 @@ pub struct L1Options {
     pub nvme: Option<PathBuf>,
     /// run-l1.sh `--nvme-native IMG`.
     pub nvme_native: Option<PathBuf>,
+    /// L1's time limit in seconds (default 300; `L1_TIMEOUT` in the
+    /// environment overrides both).
+    pub timeout: Option<u64>,
 }
 
 /// Set to `1` to let a guest run that reset or hung unexpectedly be rerun
@@ -353,7 +356,7 @@ fn run_in_l1_once(scratch: &Path, opts: &L1Options, command: &[String]) -> L1Run
         cmd.arg("--nvme").arg(image);
     }
     if std::env::var_os("L1_TIMEOUT").is_none() {
-        cmd.env("L1_TIMEOUT", "300");
+        cmd.env("L1_TIMEOUT", opts.timeout.unwrap_or(300).to_string());
     }
     if let Some(image) = &opts.nvme_native {
         cmd.arg("--nvme-native").arg(image);

@@ -42,6 +42,7 @@ fn l1_with_nvme(dir: &Path) -> (L1Options, PathBuf) {
         kernel_dir: Some(l1_kernel_dir()),
         nvme: Some(image.clone()),
         nvme_native: Some(native),
+        ..L1Options::default()
     };
     (opts, image)
 }
