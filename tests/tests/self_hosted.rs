@@ -67,8 +67,9 @@ fn the_vmm_passes_its_guest_disk_through_inside_its_own_guest() {
     let mut cmd = args.command();
     let k = cmd.iter().position(|a| a == "--kernel").expect("--kernel") + 1;
     cmd[k] = l1_kernel_dir().join("vmlinuz").display().to_string();
-    // Three levels of guests under TCG: the inner VMM pins its guest's
-    // RAM through the 7.2 guest's iommufd, a page fault per page.
+    // Three levels of guests under TCG (about 2 minutes alone on the
+    // machine, 8 beside another TCG machine): the inner VMM pins its
+    // guest's RAM through the 7.2 guest's iommufd, a page fault per page.
     let opts = L1Options {
         timeout: Some(750),
         ..L1Options::default()
