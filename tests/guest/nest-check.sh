@@ -20,7 +20,13 @@ for i in 1 2 3 4 5 6 7 8 9 10; do
     sleep 0.5
 done
 echo "VFIO-CDEV=$c"
-[ -n "$c" ] && /bin/nest-probe "/dev/vfio/devices/$c"
+# nest.pasid=N on the command line: attach the nested table to PASID N.
+pasid=""
+for w in $(cat /proc/cmdline); do
+    case $w in nest.pasid=*) pasid=${w#nest.pasid=} ;; esac
+done
+# shellcheck disable=SC2086  # no PASID: no argument
+[ -n "$c" ] && /bin/nest-probe "/dev/vfio/devices/$c" $pasid
 echo "NEST-PROBE-STATUS=$?"
 # The function resets the way vfio-pci resets it for the next user: FLR.
 echo "RESET-METHOD=$(cat "$d/reset_method" 2>/dev/null)"

@@ -5,7 +5,11 @@
  * devices it passes on, and checks that DMA lands where first stage o
  * second stage says.
  *
- *   nest-probe /dev/vfio/devices/vfioN
+ *   nest-probe /dev/vfio/devices/vfioN [PASID]
+ *
+ * With a PASID the nested table is attached to that PASID of the device
+ * (both page tables allocated for PASID use, the device itself on the
+ * nest parent), and the DMAs carry the PASID.
  *
  * Prints KEY=VALUE lines (HW-INFO-*, NEST-PARENT, NESTED, ATTACH, DMA1,
  * INVALIDATE, DMA2, DMA3) for the test to check; exits 0 once it printed
@@ -56,6 +60,7 @@ struct hwpt_alloc {
 	uint32_t fault_id, reserved2;
 };
 #define HWPT_ALLOC_NEST_PARENT 1
+#define HWPT_ALLOC_PASID 8
 #define HWPT_DATA_VTD_S1 1
 
 struct hwpt_vtd_s1 {
@@ -91,6 +96,7 @@ struct vtd_s1_invalidate {
 
 struct bind_iommufd { uint32_t argsz, flags; int32_t iommufd; uint32_t out_devid; };
 struct attach_pt { uint32_t argsz, flags, pt_id, pasid; };
+#define ATTACH_PASID 1
 struct region_info {
 	uint32_t argsz, flags, index, cap_offset;
 	uint64_t size, offset;
@@ -100,6 +106,7 @@ struct region_info {
 #define DT_ADDR 0x08
 #define DT_LEN 0x10
 #define DT_PATTERN 0x14
+#define DT_PASID 0x18
 #define DT_COMMAND 0x1c
 #define DT_STATUS 0x20
 #define DT_CMD_WRITE 1
@@ -112,6 +119,8 @@ struct region_info {
 
 static int dev;
 static uint64_t bar0, config;
+/* The PASID the DMAs carry (dma-test's PASID register: bit 31 = tag). */
+static uint32_t dma_pasid;
 
 static int fail(const char *what)
 {
@@ -139,6 +148,7 @@ static int dma_write(uint64_t addr, uint32_t len, uint8_t pattern)
 {
 	uint32_t status = ~0u;
 	if (put(DT_ADDR, &addr, 8) || put32(DT_LEN, len) || put32(DT_PATTERN, pattern) ||
+	    put32(DT_PASID, dma_pasid) ||
 	    put32(DT_COMMAND, DT_CMD_WRITE) ||
 	    pread(dev, &status, 4, bar0 + DT_STATUS) != 4)
 		return -1;
@@ -155,10 +165,12 @@ static int all(const uint8_t *p, size_t n, uint8_t v)
 
 int main(int argc, char **argv)
 {
-	if (argc != 2) {
-		fprintf(stderr, "usage: nest-probe /dev/vfio/devices/vfioN\n");
+	if (argc != 2 && argc != 3) {
+		fprintf(stderr, "usage: nest-probe /dev/vfio/devices/vfioN [PASID]\n");
 		return 2;
 	}
+	uint32_t pasid = argc == 3 ? (uint32_t)strtoul(argv[2], NULL, 0) : 0;
+	uint32_t pasid_flag = argc == 3 ? HWPT_ALLOC_PASID : 0;
 	int fd = open("/dev/iommu", O_RDWR);
 	if (fd < 0)
 		return fail("IOMMUFD");
@@ -198,24 +210,35 @@ int main(int argc, char **argv)
 	if (ioctl(fd, IOMMU_IOAS_MAP, &map))
 		return fail("IOAS-MAP");
 
-	struct hwpt_alloc parent = { .size = sizeof(parent), .flags = HWPT_ALLOC_NEST_PARENT,
+	struct hwpt_alloc parent = { .size = sizeof(parent),
+				     .flags = HWPT_ALLOC_NEST_PARENT | pasid_flag,
 				     .dev_id = bind.out_devid, .pt_id = ioas.out_ioas_id };
 	if (ioctl(fd, IOMMU_HWPT_ALLOC, &parent))
 		return fail("NEST-PARENT");
 	printf("NEST-PARENT=ok\n");
 
 	struct hwpt_vtd_s1 s1 = { .pgtbl_addr = IPA_BASE, .addr_width = 48 };
-	struct hwpt_alloc nested = { .size = sizeof(nested), .dev_id = bind.out_devid,
+	struct hwpt_alloc nested = { .size = sizeof(nested), .flags = pasid_flag,
+				     .dev_id = bind.out_devid,
 				     .pt_id = parent.out_hwpt_id, .data_type = HWPT_DATA_VTD_S1,
 				     .data_len = sizeof(s1), .data_uptr = (uintptr_t)&s1 };
 	if (ioctl(fd, IOMMU_HWPT_ALLOC, &nested))
 		return fail("NESTED");
 	printf("NESTED=ok\n");
 
-	struct attach_pt at = { .argsz = sizeof(at), .pt_id = nested.out_hwpt_id };
+	if (pasid_flag) {
+		/* The device itself on the parent: second stage only. */
+		struct attach_pt rid = { .argsz = sizeof(rid), .pt_id = parent.out_hwpt_id };
+		if (ioctl(dev, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &rid))
+			return fail("ATTACH-RID");
+		printf("ATTACH-RID=ok\n");
+	}
+	struct attach_pt at = { .argsz = sizeof(at), .flags = pasid_flag ? ATTACH_PASID : 0,
+				.pt_id = nested.out_hwpt_id, .pasid = pasid };
 	if (ioctl(dev, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &at))
 		return fail("ATTACH");
 	printf("ATTACH=ok\n");
+	dma_pasid = pasid_flag ? (1u << 31) | pasid : 0;
 
 	bar0 = region_offset(VFIO_PCI_BAR0_REGION_INDEX);
 	config = region_offset(VFIO_PCI_CONFIG_REGION_INDEX);
@@ -252,5 +275,12 @@ int main(int argc, char **argv)
 	 * reports it to this kernel's DMAR driver (no fault queue here). */
 	st = dma_write(VA + 8 * PAGE, 64, 0x3c);
 	printf("DMA3-STATUS=%d\n", st);
+	if (pasid_flag) {
+		/* Without the PASID the device is on the parent: IPA = IOVA. */
+		dma_pasid = 0;
+		st = dma_write(IPA_BASE + 6 * PAGE, 64, 0x77);
+		printf("DMA-RID-STATUS=%d\n", st);
+		printf("DMA-RID=%s\n", all(buf + 6 * PAGE, 64, 0x77) ? "ok" : "missing");
+	}
 	return 0;
 }
