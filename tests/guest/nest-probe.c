@@ -9,7 +9,9 @@
  *
  * With a PASID the nested table is attached to that PASID of the device
  * (both page tables allocated for PASID use, the device itself on the
- * nest parent), and the DMAs carry the PASID.
+ * nest parent), and the DMAs carry the PASID. The nested table then has
+ * an iommufd fault queue: the device's page requests (PRI) arrive here as
+ * fault records, and the probe answers them (PRQ-INVALID, PRQ-SERVED).
  *
  * Prints KEY=VALUE lines (HW-INFO-*, NEST-PARENT, NESTED, ATTACH, DMA1,
  * INVALIDATE, DMA2, DMA3) for the test to check; exits 0 once it printed
@@ -21,6 +23,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,6 +38,7 @@
 #define IOMMU_HWPT_ALLOC _IO(IOMMUFD_TYPE, 0x89)
 #define IOMMU_GET_HW_INFO _IO(IOMMUFD_TYPE, 0x8a)
 #define IOMMU_HWPT_INVALIDATE _IO(IOMMUFD_TYPE, 0x8d)
+#define IOMMU_FAULT_QUEUE_ALLOC _IO(IOMMUFD_TYPE, 0x8e)
 
 #define VFIO_TYPE ';'
 #define VFIO_BASE 100
@@ -61,6 +65,17 @@ struct hwpt_alloc {
 };
 #define HWPT_ALLOC_NEST_PARENT 1
 #define HWPT_ALLOC_PASID 8
+#define HWPT_FAULT_ID_VALID 4
+
+struct fault_alloc { uint32_t size, flags, out_fault_id, out_fault_fd; };
+struct pgfault {
+	uint32_t flags, dev_id, pasid, grpid, perm, reserved;
+	uint64_t addr;
+	uint32_t length, cookie;
+};
+struct page_response { uint32_t cookie, code; };
+#define PAGE_RESP_SUCCESS 0
+#define PAGE_RESP_INVALID 1
 #define HWPT_DATA_VTD_S1 1
 
 struct hwpt_vtd_s1 {
@@ -155,6 +170,34 @@ static int dma_write(uint64_t addr, uint32_t len, uint8_t pattern)
 	return (int)status;
 }
 
+/* dma-test's STATUS once it left 3 (waiting for a page response). */
+static int settled_status(void)
+{
+	uint32_t status = 3;
+	for (int i = 0; i < 200 && status == 3; i++) {
+		usleep(10000);
+		if (pread(dev, &status, 4, bar0 + DT_STATUS) != 4)
+			return -1;
+	}
+	return (int)status;
+}
+
+/* The next page request from the fault queue (addr 0: none in 5 s). */
+static struct pgfault next_fault(int fault_fd)
+{
+	struct pgfault f = { 0 };
+	struct pollfd p = { .fd = fault_fd, .events = POLLIN };
+	if (poll(&p, 1, 5000) == 1 && read(fault_fd, &f, sizeof(f)) != (ssize_t)sizeof(f))
+		memset(&f, 0, sizeof(f));
+	return f;
+}
+
+static int respond(int fault_fd, uint32_t cookie, uint32_t code)
+{
+	struct page_response r = { .cookie = cookie, .code = code };
+	return write(fault_fd, &r, sizeof(r)) == (ssize_t)sizeof(r) ? 0 : -1;
+}
+
 static int all(const uint8_t *p, size_t n, uint8_t v)
 {
 	for (size_t i = 0; i < n; i++)
@@ -218,7 +261,15 @@ int main(int argc, char **argv)
 	printf("NEST-PARENT=ok\n");
 
 	struct hwpt_vtd_s1 s1 = { .pgtbl_addr = IPA_BASE, .addr_width = 48 };
-	struct hwpt_alloc nested = { .size = sizeof(nested), .flags = pasid_flag,
+	struct fault_alloc fq = { .size = sizeof(fq) };
+	if (pasid_flag) {
+		if (ioctl(fd, IOMMU_FAULT_QUEUE_ALLOC, &fq))
+			return fail("FAULT-QUEUE");
+		printf("FAULT-QUEUE=ok\n");
+	}
+	struct hwpt_alloc nested = { .size = sizeof(nested),
+				     .flags = pasid_flag | (pasid_flag ? HWPT_FAULT_ID_VALID : 0),
+				     .fault_id = fq.out_fault_id,
 				     .dev_id = bind.out_devid,
 				     .pt_id = parent.out_hwpt_id, .data_type = HWPT_DATA_VTD_S1,
 				     .data_len = sizeof(s1), .data_uptr = (uintptr_t)&s1 };
@@ -274,8 +325,35 @@ int main(int argc, char **argv)
 	/* A page the first stage does not map: the unit faults the DMA and
 	 * reports it to this kernel's DMAR driver (no fault queue here). */
 	st = dma_write(VA + 8 * PAGE, 64, 0x3c);
+	if (pasid_flag && st == 3) {
+		/* A page request: refuse it, and the device gives up. */
+		struct pgfault f = next_fault(fq.out_fault_fd);
+		printf("PRQ1-ADDR=%#llx PRQ1-PASID=%u\n", (unsigned long long)f.addr, f.pasid);
+		if (!f.addr || respond(fq.out_fault_fd, f.cookie, PAGE_RESP_INVALID))
+			return fail("PRQ-INVALID");
+		st = settled_status();
+		printf("PRQ-INVALID=ok\n");
+	}
 	printf("DMA3-STATUS=%d\n", st);
 	if (pasid_flag) {
+		/* A page request served: map the page, invalidate, answer
+		 * success, and the device's retry completes. */
+		st = dma_write(VA + 9 * PAGE, 64, 0xc3);
+		printf("DMA4-FIRST-STATUS=%d\n", st);
+		struct pgfault f = next_fault(fq.out_fault_fd);
+		printf("PRQ2-ADDR=%#llx\n", (unsigned long long)f.addr);
+		pt[((VA >> 12) & 511) + 9] = (IPA_BASE + 7 * PAGE) | flags;
+		struct vtd_s1_invalidate one = { .addr = VA + 9 * PAGE, .npages = 1 };
+		struct hwpt_invalidate h1 = { .size = sizeof(h1), .hwpt_id = nested.out_hwpt_id,
+					      .data_uptr = (uintptr_t)&one,
+					      .data_type = HWPT_INVALIDATE_DATA_VTD_S1,
+					      .entry_len = sizeof(one), .entry_num = 1 };
+		if (!f.addr || ioctl(fd, IOMMU_HWPT_INVALIDATE, &h1) ||
+		    respond(fq.out_fault_fd, f.cookie, PAGE_RESP_SUCCESS))
+			return fail("PRQ-SERVED");
+		st = settled_status();
+		printf("DMA4-STATUS=%d\n", st);
+		printf("PRQ-SERVED=%s\n", all(buf + 7 * PAGE, 64, 0xc3) ? "ok" : "missing");
 		/* Without the PASID the device is on the parent: IPA = IOVA. */
 		dma_pasid = 0;
 		st = dma_write(IPA_BASE + 6 * PAGE, 64, 0x77);

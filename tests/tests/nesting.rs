@@ -85,9 +85,12 @@ fn guest_hypervisor_nests_through_the_emulated_vtd() {
 /// nest parent: DMA tagged with the PASID goes through both stages, DMA
 /// without it through the second stage only. With PASIDs the unit offers
 /// device TLBs and page requests, and the guest's driver enables ATS and
-/// PRI on dma-test: the nested invalidations reach the device TLB too, and
-/// DMA3's failed translation becomes a page request that the guest's
-/// driver (no fault handler on this domain) answers as invalid.
+/// PRI on dma-test: the nested invalidations reach the device TLB too. The
+/// nested table has an iommufd fault queue, so a translation the first
+/// stage lacks becomes a page request that travels unit PRQ → the guest's
+/// driver → the fault queue → the probe: refused, the DMA fails (DMA3);
+/// served (PTE written, one invalidation, success), the device's retry
+/// lands in the new page (DMA4).
 #[test]
 fn guest_hypervisor_nests_a_pasid() {
     let run = nest_run("nesting-guest-hypervisor-pasid", Some(5));
@@ -96,7 +99,27 @@ fn guest_hypervisor_nests_a_pasid() {
     assert_eq!(run.value("DMA-RID-STATUS").as_deref(), Some("1"), "{out}");
     assert_eq!(run.value("DMA-RID").as_deref(), Some("ok"), "{out}");
     assert!(run.counter("inv_p_dev_tlb") >= 8, "{out}");
-    assert_eq!(run.counter("page_requests"), 1, "{out}");
-    assert_eq!(run.counter("page_responses"), 1, "{out}");
+    assert_eq!(run.value("FAULT-QUEUE").as_deref(), Some("ok"), "{out}");
+    assert_eq!(
+        run.value("PRQ1-ADDR").as_deref(),
+        Some("0x40008000"),
+        "{out}"
+    );
+    assert_eq!(run.value("PRQ1-PASID").as_deref(), Some("5"), "{out}");
+    assert_eq!(run.value("PRQ-INVALID").as_deref(), Some("ok"), "{out}");
+    assert_eq!(
+        run.value("DMA4-FIRST-STATUS").as_deref(),
+        Some("3"),
+        "{out}"
+    );
+    assert_eq!(
+        run.value("PRQ2-ADDR").as_deref(),
+        Some("0x40009000"),
+        "{out}"
+    );
+    assert_eq!(run.value("DMA4-STATUS").as_deref(), Some("1"), "{out}");
+    assert_eq!(run.value("PRQ-SERVED").as_deref(), Some("ok"), "{out}");
+    assert_eq!(run.counter("page_requests"), 2, "{out}");
+    assert_eq!(run.counter("page_responses"), 2, "{out}");
     assert_eq!(run.counter("faults"), 0, "{out}");
 }
