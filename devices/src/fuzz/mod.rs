@@ -8,9 +8,9 @@
 pub mod pci_config;
 pub mod virtio_blk;
 
-/// The input reader the VT-d fuzz drivers use: front to back, zero past
-/// its end.
-pub use viommu::intel::fuzz_rig::Input;
+/// The input reader the VT-d fuzz drivers use (front to back, zero past
+/// its end), and their guest memory reused across runs.
+pub use viommu::intel::fuzz_rig::{Input, PooledMemory};
 
 /// A memfd of `len` bytes as a disk image: no file system, gone with the
 /// run.

@@ -19,13 +19,12 @@ use std::io;
 use std::sync::{Arc, Mutex};
 
 use viommu::pasid_cap::PasidHostInfo;
-use viommu::{DmaSpace, GuestMemoryMmap};
+use viommu::DmaSpace;
 use vm_device::bus::{MmioAddress, PioAddress};
 use vm_device::{DeviceMmio, DevicePio};
-use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{memfd, Input};
+use super::{memfd, Input, PooledMemory};
 use crate::interrupt::test_utils::{RecordingIoEvents, RecordingRouter};
 use crate::memory_slots::test_utils::RecordingSlots;
 use crate::pci::root::{PciConfigIo, PciMmio};
@@ -221,7 +220,7 @@ impl VfioBackend for RecordedVfio {
 pub fn run(data: &[u8]) {
     let mut inp = Input::new(data);
     let setup = inp.u8();
-    let Ok(ram) = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]) else {
+    let Some(ram) = PooledMemory::new(0x10_0000) else {
         return;
     };
     let Ok(file) = memfd(64 * 512) else { return };
@@ -234,7 +233,7 @@ pub fn run(data: &[u8]) {
         block,
         dma,
         setup & 2 != 0,
-        ram,
+        (*ram).clone(),
         Arc::new(RecordingRouter::default()),
         Arc::new(RecordingIoEvents::default()),
     ) else {

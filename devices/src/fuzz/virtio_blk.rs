@@ -16,11 +16,11 @@ use std::num::Wrapping;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use viommu::{Access, DmaFault, DmaMemory, DmaSpace, GuestMemoryMmap, Translate, Translation};
+use viommu::{Access, DmaFault, DmaMemory, DmaSpace, Translate, Translation};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
-use super::{memfd, Input};
+use super::{memfd, Input, PooledMemory};
 use crate::virtio::block::{Disk, Request, RequestType, VIRTIO_BLK_S_OK};
 use crate::virtio::device::validate_queues;
 
@@ -129,7 +129,7 @@ pub fn run_counted(data: &[u8]) -> (u64, u64) {
     let cfg = inp.u8();
     let qsize = 1u16 << (cfg & 7).min(8);
     let read_only = cfg & 8 != 0;
-    let Ok(ram) = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]) else {
+    let Some(ram) = PooledMemory::new(MEM_SIZE) else {
         return (0, 0);
     };
     let Ok(file) = memfd(DISK_SIZE) else {

@@ -8,11 +8,79 @@
 //! private, so that its inputs stay stable): tables at fixed places in a
 //! small guest memory, 12 devices 00:00.0-00:01.3, 8 PASIDs.
 
-use vm_memory::{Bytes, GuestAddress};
+use std::ops::Deref;
+use std::sync::Mutex;
+
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::regs::*;
 use super::{IntelIommu, InterruptSink, VtdConfig};
 use crate::{Access, GuestMemoryMmap};
+
+/// Guest memories of finished runs, kept for the next ones: mapping a
+/// fresh one for every input (mmap, a page fault per page touched,
+/// munmap) was a good part of a short run.
+static SPARE_MEMORY: Mutex<Vec<(u64, GuestMemoryMmap)>> = Mutex::new(Vec::new());
+
+/// Zeroed guest memory of `size` bytes at guest address 0, as a fresh
+/// `GuestMemoryMmap::from_ranges` gives, but reused across runs: a spare
+/// one of a finished run is wiped with `MADV_DONTNEED` (an anonymous
+/// private mapping reads as zero afterwards, and only the pages the last
+/// run touched cost anything). Back to the spares when dropped; every run
+/// holds its own, so concurrent runs (test threads) never share one.
+pub struct PooledMemory {
+    size: u64,
+    mem: Option<GuestMemoryMmap>,
+}
+
+impl PooledMemory {
+    pub fn new(size: u64) -> Option<Self> {
+        let spare = {
+            let mut spares = SPARE_MEMORY.lock().unwrap_or_else(|e| e.into_inner());
+            let i = spares.iter().position(|(s, _)| *s == size);
+            i.map(|i| spares.swap_remove(i).1)
+        };
+        let mem = match spare {
+            Some(mem) if wipe(&mem, size) => mem,
+            _ => GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size as usize)]).ok()?,
+        };
+        Some(PooledMemory {
+            size,
+            mem: Some(mem),
+        })
+    }
+}
+
+/// Zeroes all of `mem` (one anonymous private mapping of `size` bytes).
+fn wipe(mem: &GuestMemoryMmap, size: u64) -> bool {
+    let Ok(host) = mem.get_host_address(GuestAddress(0)) else {
+        return false;
+    };
+    // SAFETY: `host` starts the mapping of the region of `size` bytes at
+    // guest address 0, which `mem` keeps alive; nobody else uses it (the
+    // run that had it is over), and MADV_DONTNEED on an anonymous private
+    // mapping only replaces its pages by zero pages.
+    unsafe { libc::madvise(host.cast(), size as usize, libc::MADV_DONTNEED) == 0 }
+}
+
+impl Deref for PooledMemory {
+    type Target = GuestMemoryMmap;
+    fn deref(&self) -> &GuestMemoryMmap {
+        self.mem.as_ref().expect("taken only on drop")
+    }
+}
+
+impl Drop for PooledMemory {
+    fn drop(&mut self) {
+        if let Some(mem) = self.mem.take() {
+            let mut spares = SPARE_MEMORY.lock().unwrap_or_else(|e| e.into_inner());
+            // A few per size: one per thread running drivers at once.
+            if spares.len() < 16 {
+                spares.push((self.size, mem));
+            }
+        }
+    }
+}
 
 /// Guest memory of every run.
 pub const MEM_SIZE: u64 = 4 << 20;
@@ -333,4 +401,30 @@ pub fn check_pieces(v: &[crate::Translation], iova: u64, len: u64) {
         at += p.len;
     }
     assert_eq!(at - iova, len, "the whole range");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pooled_memory_is_reused_and_comes_back_zeroed() {
+        // A size no other test uses, so that the second run gets the
+        // first one's memory back.
+        const SIZE: u64 = 0x5000;
+        let first = PooledMemory::new(SIZE).expect("memory");
+        let host = first.get_host_address(GuestAddress(0)).expect("mapped");
+        for addr in [0, 0x1ff8, SIZE - 8] {
+            first.write_obj(u64::MAX, GuestAddress(addr)).unwrap();
+        }
+        drop(first);
+        let second = PooledMemory::new(SIZE).expect("memory");
+        assert_eq!(second.get_host_address(GuestAddress(0)).ok(), Some(host));
+        for addr in [0, 0x1ff8, SIZE - 8] {
+            assert_eq!(second.read_obj::<u64>(GuestAddress(addr)).unwrap(), 0);
+        }
+        // Held by one run, a memory is not handed to another.
+        let third = PooledMemory::new(SIZE).expect("memory");
+        assert_ne!(third.get_host_address(GuestAddress(0)).ok(), Some(host));
+    }
 }

@@ -19,14 +19,14 @@
 //! Used by `cargo fuzz` (`fuzz/fuzz_targets/vtd_threads.rs`) and the CI
 //! smoke test (`viommu/tests/fuzz_smoke_threads.rs`).
 
-use std::sync::{Arc, Barrier};
-
-use vm_memory::GuestAddress;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Barrier, Mutex};
 
 use super::fuzz_rig::*;
 use super::regs::*;
 use super::IntelIommu;
-use crate::{GuestMemoryMmap, PageRequest, Translate};
+use crate::{PageRequest, Translate};
 
 /// Submitting threads (the vCPUs).
 pub const SUBMITTERS: usize = 2;
@@ -34,6 +34,69 @@ pub const SUBMITTERS: usize = 2;
 pub const TRANSLATORS: usize = 1;
 /// Operations per thread at most.
 pub const MAX_OPS: usize = 96;
+
+/// What a worker runs for one input.
+type Job = Box<dyn FnOnce() + Send>;
+/// A job and where to report how it ended.
+type Task = (Job, Sender<std::thread::Result<()>>);
+
+/// Idle workers, each a thread waiting for tasks on its channel.
+static WORKERS: Mutex<Vec<Sender<Task>>> = Mutex::new(Vec::new());
+
+/// Runs every job on a thread of its own, all at once, and returns when
+/// all are done; a panic in a job is raised again here once all are done
+/// (as `std::thread::scope` does). Concurrent callers (test threads) get
+/// distinct workers.
+fn run_on_workers(jobs: Vec<Job>) {
+    let workers: Vec<Sender<Task>> = {
+        let mut idle = WORKERS.lock().unwrap_or_else(|e| e.into_inner());
+        let keep = idle.len().saturating_sub(jobs.len());
+        idle.split_off(keep)
+    };
+    let mut workers = workers.into_iter();
+    let (done_tx, done_rx) = channel();
+    let mut used = Vec::new();
+    for job in jobs {
+        let mut task = (job, done_tx.clone());
+        // A worker whose thread is gone hands the task back.
+        loop {
+            let w = workers.next().unwrap_or_else(spawn_worker);
+            match w.send(task) {
+                Ok(()) => {
+                    used.push(w);
+                    break;
+                }
+                Err(e) => task = e.0,
+            }
+        }
+    }
+    drop(done_tx);
+    let mut panic = None;
+    for _ in 0..used.len() {
+        match done_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(p)) => panic = panic.or(Some(p)),
+            Err(_) => break,
+        }
+    }
+    WORKERS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .extend(used);
+    if let Some(p) = panic {
+        resume_unwind(p);
+    }
+}
+
+fn spawn_worker() -> Sender<Task> {
+    let (tx, rx) = channel::<Task>();
+    std::thread::spawn(move || {
+        for (job, done) in rx {
+            let _ = done.send(catch_unwind(AssertUnwindSafe(job)));
+        }
+    });
+    tx
+}
 
 /// One thread's share of the input.
 struct Stream {
@@ -62,7 +125,7 @@ pub fn run_counted(data: &[u8]) -> u64 {
         let t = usize::from(h & 7) % streams.len();
         streams[t].bytes.extend_from_slice(inp.bytes(n));
     }
-    let Ok(mem) = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]) else {
+    let Some(mem) = PooledMemory::new(MEM_SIZE) else {
         return 0;
     };
     let u = Arc::new(
@@ -77,12 +140,17 @@ pub fn run_counted(data: &[u8]) -> u64 {
         rig.w64(IQA, IQ | u64::from(cfg.scalable) << 11 | 1);
         rig.command(GCMD_QIE, true);
     }
-    let start = Barrier::new(streams.len());
-    std::thread::scope(|s| {
-        for (i, st) in streams.iter().enumerate() {
-            let (u, mem, start) = (&*u, &mem, &start);
-            s.spawn(move || {
-                let rig = Rig { u, mem };
+    // The threads live on from run to run (spawning three threads per
+    // input, each with its stack and sanitizer state to map and unmap, was
+    // most of a run); every run hands each its stream and waits for all.
+    let start = Arc::new(Barrier::new(streams.len()));
+    let jobs: Vec<Job> = streams
+        .into_iter()
+        .enumerate()
+        .map(|(i, st)| {
+            let (u, mem, start) = (u.clone(), (*mem).clone(), start.clone());
+            Box::new(move || {
+                let rig = Rig { u: &u, mem: &mem };
                 let mut inp = Input::new(&st.bytes);
                 start.wait();
                 let mut ops = 0;
@@ -94,9 +162,10 @@ pub fn run_counted(data: &[u8]) -> u64 {
                     }
                     ops += 1;
                 }
-            });
-        }
-    });
+            }) as Job
+        })
+        .collect();
+    run_on_workers(jobs);
     settle(&rig);
     u.counters
         .invalidations
@@ -191,5 +260,42 @@ fn settle(rig: &Rig) {
             rig.r64(IQT) & 0x7fff0,
             "and the queue is idle"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+
+    use super::*;
+
+    #[test]
+    fn workers_run_every_job_at_once_and_pass_panics_on() {
+        // All three wait for each other: they run at the same time.
+        let start = Arc::new(Barrier::new(3));
+        let ran = Arc::new(AtomicUsize::new(0));
+        let jobs = (0..3)
+            .map(|_| {
+                let (start, ran) = (start.clone(), ran.clone());
+                Box::new(move || {
+                    start.wait();
+                    ran.fetch_add(1, SeqCst);
+                }) as Job
+            })
+            .collect();
+        run_on_workers(jobs);
+        assert_eq!(ran.load(SeqCst), 3);
+        // A panic comes back once every job is done.
+        let ran2 = ran.clone();
+        let jobs: Vec<Job> = vec![
+            Box::new(|| panic!("job failed")),
+            Box::new(move || {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                ran2.fetch_add(1, SeqCst);
+            }),
+        ];
+        let r = catch_unwind(AssertUnwindSafe(|| run_on_workers(jobs)));
+        assert!(r.is_err());
+        assert_eq!(ran.load(SeqCst), 4);
     }
 }
