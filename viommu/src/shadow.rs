@@ -45,37 +45,26 @@
 //!
 //! # Limits
 //!
-//! Guest tables are untrusted. The walk reads entries in windows of
+//! Guest tables are untrusted. The walk reads at most
+//! [`ShadowSpace::walk_budget`] entries per sync, in windows of
 //! [`WALK_WINDOW`] entries whose leaves reach the host before the next
-//! window is read, so the leaves held at once are bounded. What a whole
-//! guest batch may read and map is one [`SyncBudget`] that every range and
-//! endpoint of the batch spends ([`ShadowSpace::sync_from_tables_within`];
-//! see [`budget`] for the defaults and why), and the space holds at most
-//! [`ShadowSpace::max_areas`] areas. Past any limit the space fails
-//! closed: what is not known to be mapped is not mapped, so the device
-//! faults instead of reaching memory the guest may have taken back. After
-//! a host error other than "not RAM" a budgeted sync maps nothing more
-//! (it still unmaps): a failing host would otherwise cost one failing
-//! ioctl per run.
+//! window is read, and the space holds at most [`ShadowSpace::max_areas`]
+//! areas. Past either limit the space fails closed: what is not known to
+//! be mapped is not mapped, so the device faults instead of reaching
+//! memory the guest may have taken back.
 
 use std::collections::BTreeMap;
 
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::host::{HostIommu, HostIommuError, HostMapping, HostPerm};
-use crate::intel::second_stage::{self, LeafScanError, SlTable};
+use crate::intel::second_stage::{self, LeafRange, LeafScanError, SlTable};
 use crate::GuestMemoryMmap;
 
-pub mod budget;
-mod coalesce;
-
-use budget::MapGate;
-pub use budget::{BatchLimits, Exhausted, SyncBudget};
-pub use coalesce::{coalesce, CoalesceStats, Coalescer};
-
-/// Default for [`ShadowSpace::walk_budget`]: the same as one batch may
-/// read ([`budget::DEFAULT_BATCH_READS`]).
-pub const DEFAULT_WALK_BUDGET: u64 = budget::DEFAULT_BATCH_READS;
+/// Default for [`ShadowSpace::walk_budget`]: 2^26 entries, enough for
+/// 256 GiB of 4 KiB mappings in one sync, a few hundred milliseconds of
+/// reading at worst.
+pub const DEFAULT_WALK_BUDGET: u64 = 1 << 26;
 
 /// Second-stage entries one window of [`ShadowSpace::sync_from_tables`]
 /// reads: each entry gives at most one leaf, so a window holds at most
@@ -101,10 +90,6 @@ pub struct SyncStats {
     pub not_ram_bytes: u64,
     /// Runs left unmapped because the space already held `max_areas`.
     pub over_limit_runs: u64,
-    /// Runs left unmapped because the batch's map budget was spent.
-    pub over_budget_runs: u64,
-    /// Runs left unmapped because an earlier host call of the sync failed.
-    pub after_error_runs: u64,
     /// Input mappings dropped as malformed (out of order or overlapping).
     pub rejected: u64,
     /// Second-stage entries read by [`ShadowSpace::sync_from_tables`].
@@ -127,8 +112,6 @@ impl SyncStats {
         self.not_ram_runs = self.not_ram_runs.saturating_add(o.not_ram_runs);
         self.not_ram_bytes = self.not_ram_bytes.saturating_add(o.not_ram_bytes);
         self.over_limit_runs = self.over_limit_runs.saturating_add(o.over_limit_runs);
-        self.over_budget_runs = self.over_budget_runs.saturating_add(o.over_budget_runs);
-        self.after_error_runs = self.after_error_runs.saturating_add(o.after_error_runs);
         self.rejected = self.rejected.saturating_add(o.rejected);
         self.entries_read = self.entries_read.saturating_add(o.entries_read);
         self.truncated_walks = self.truncated_walks.saturating_add(o.truncated_walks);
@@ -194,8 +177,7 @@ impl ShadowSpace {
         }
     }
 
-    /// Second-stage entries one [`Self::sync_from_tables`] may read (a
-    /// batch's syncs share [`SyncBudget`] instead).
+    /// Second-stage entries one [`Self::sync_from_tables`] may read.
     pub fn walk_budget(&self) -> u64 {
         self.walk_budget
     }
@@ -248,65 +230,37 @@ impl ShadowSpace {
         start: u64,
         end: u64,
     ) -> Result<SyncStats, HostIommuError> {
-        let mut budget = SyncBudget::new(BatchLimits {
-            reads: self.walk_budget,
-            maps: u64::MAX,
-        });
-        let r = self.sync_from_tables_within(host, mem, t, start, end, &mut budget);
-        if let Some(what) = budget.exhausted() {
-            log::warn!(
-                "shadow: the guest's tables over {start:#x}..{end:#x} exceed the {what:?} \
-                 budget; the rest stays unmapped"
-            );
-        }
-        r
-    }
-
-    /// [`Self::sync_from_tables`] spending `budget`, which the caller
-    /// shares between all the syncs of one guest batch. Entries are read
-    /// while the budget has reads left; past that the rest of the range
-    /// is emptied unread. Maps are made while it has maps left (and no
-    /// host call of this sync failed); past that, runs that are not
-    /// already mapped unchanged stay unmapped and are counted. The caller
-    /// tells the guest (a warning, a counter): the space does not, since
-    /// one spent budget empties every range after it.
-    pub fn sync_from_tables_within(
-        &mut self,
-        host: &dyn HostIommu,
-        mem: &GuestMemoryMmap,
-        t: &SlTable,
-        start: u64,
-        end: u64,
-        budget: &mut SyncBudget,
-    ) -> Result<SyncStats, HostIommuError> {
         let mut pre = SyncStats::default();
         let mut st = SyncStats::default();
         let mut first_err = None;
+        let mut budget = self.walk_budget;
         let mut cursor = start;
         while cursor < end {
-            let chunk = budget.reads_left().min(self.window);
             let mut co = Coalescer::new(mem);
-            let (read, reached) = if chunk == 0 {
-                (0, cursor)
-            } else {
-                match second_stage::for_each_leaf(mem, t, cursor, end, chunk, &mut |l| co.push(&l))
-                {
-                    Ok(s) => (s.entries_read, end),
-                    Err(LeafScanError::BudgetExhausted { resume_at, scan }) => {
-                        (scan.entries_read, resume_at)
-                    }
-                }
-            };
+            let chunk = budget.min(self.window);
+            let scan =
+                second_stage::for_each_leaf(mem, t, cursor, end, chunk, &mut |l| co.push(&l));
             let (desired, cstats) = co.finish();
             pre.not_ram_runs += cstats.not_ram_runs;
             pre.not_ram_bytes = pre.not_ram_bytes.saturating_add(cstats.not_ram_bytes);
             pre.windows += 1;
             pre.largest_window = pre.largest_window.max(desired.len() as u64);
+            let (read, reached) = match scan {
+                Ok(s) => (s.entries_read, end),
+                Err(LeafScanError::BudgetExhausted { resume_at, scan }) => {
+                    (scan.entries_read, resume_at)
+                }
+            };
             pre.entries_read += read;
-            budget.spend_reads(read);
+            budget -= read;
             // Out of budget (or too little left to reach a leaf): the rest
             // of the range goes with this window, unread, so it is emptied.
-            let stop = if reached < end && (budget.reads_left() == 0 || reached <= cursor) {
+            let stop = if reached < end && (budget == 0 || reached <= cursor) {
+                log::warn!(
+                    "shadow: second-stage walk of {start:#x}..{end:#x} stopped at {reached:#x} \
+                     after {} entries; unmapping the rest",
+                    pre.entries_read
+                );
                 pre.truncated_walks = 1;
                 end
             } else {
@@ -315,11 +269,11 @@ impl ShadowSpace {
             self.sync_inner(
                 host,
                 Some(mem),
-                (cursor, stop),
+                cursor,
+                stop,
                 &desired,
                 &mut st,
                 &mut first_err,
-                budget,
             );
             cursor = stop;
         }
@@ -370,16 +324,7 @@ impl ShadowSpace {
         let mut st = SyncStats::default();
         let mut first_err = None;
         if start < end {
-            let mut budget = SyncBudget::unlimited();
-            self.sync_inner(
-                host,
-                None,
-                (start, end),
-                desired,
-                &mut st,
-                &mut first_err,
-                &mut budget,
-            );
+            self.sync_inner(host, None, start, end, desired, &mut st, &mut first_err);
         }
         self.totals.add(&st);
         match first_err {
@@ -394,13 +339,7 @@ impl ShadowSpace {
         let mut st = SyncStats::default();
         let mut first_err = None;
         let all: Vec<HostMapping> = self.areas.values().copied().collect();
-        self.unmap_areas(
-            host,
-            &all,
-            &mut st,
-            &mut first_err,
-            &mut SyncBudget::unlimited(),
-        );
+        self.unmap_areas(host, &all, &mut st, &mut first_err);
         self.totals.add(&st);
         match first_err {
             Some(e) => Err(e),
@@ -417,11 +356,11 @@ impl ShadowSpace {
         &mut self,
         host: &dyn HostIommu,
         ram: Option<&GuestMemoryMmap>,
-        (start, end): (u64, u64),
+        start: u64,
+        end: u64,
         desired: &[HostMapping],
         st: &mut SyncStats,
         first_err: &mut Option<HostIommuError>,
-        budget: &mut SyncBudget,
     ) {
         let want = normalize(start, end, desired, st);
 
@@ -502,7 +441,7 @@ impl ShadowSpace {
             .filter(|(_, &s)| !s)
             .map(|(a, _)| *a)
             .collect();
-        self.unmap_areas(host, &going, st, first_err, budget);
+        self.unmap_areas(host, &going, st, first_err);
 
         let mut i = 0;
         while i < pieces.len() {
@@ -513,7 +452,7 @@ impl ShadowSpace {
                 run.len += pieces[n].len;
                 n += 1;
             }
-            self.install(host, run, &pieces[i..n], st, first_err, budget);
+            self.install(host, run, &pieces[i..n], st, first_err);
             i = n;
         }
     }
@@ -526,7 +465,6 @@ impl ShadowSpace {
         parts: &[HostMapping],
         st: &mut SyncStats,
         first_err: &mut Option<HostIommuError>,
-        budget: &mut SyncBudget,
     ) {
         // Only after an unmap failed: the area that could not go is still
         // there, and the host refuses overlapping maps. That failure is
@@ -534,7 +472,7 @@ impl ShadowSpace {
         if self.overlaps_area(&run) {
             if parts.len() > 1 {
                 for p in parts {
-                    self.install(host, *p, std::slice::from_ref(p), st, first_err, budget);
+                    self.install(host, *p, std::slice::from_ref(p), st, first_err);
                 }
             }
             return;
@@ -553,17 +491,6 @@ impl ShadowSpace {
             }
             return;
         }
-        match budget.may_map() {
-            MapGate::Go => {}
-            MapGate::OverBudget => {
-                st.over_budget_runs += 1;
-                return;
-            }
-            MapGate::AfterHostError => {
-                st.after_error_runs += 1;
-                return;
-            }
-        }
         st.map_calls += 1;
         // One mapping per call: the trait does not say how much of a
         // failed batch took effect, and each mapping is one ioctl anyway.
@@ -575,7 +502,7 @@ impl ShadowSpace {
             }
             Err(HostIommuError::NotRam { .. }) if parts.len() > 1 => {
                 for p in parts {
-                    self.install(host, *p, std::slice::from_ref(p), st, first_err, budget);
+                    self.install(host, *p, std::slice::from_ref(p), st, first_err);
                 }
             }
             Err(HostIommuError::NotRam { gpa, len }) => {
@@ -591,7 +518,6 @@ impl ShadowSpace {
                 }
             }
             Err(e) => {
-                budget.host_error();
                 // The first failure of a sync is enough to go on.
                 if first_err.is_none() {
                     log::warn!("shadow: mapping {run:x?}: {e}");
@@ -618,7 +544,6 @@ impl ShadowSpace {
         going: &[HostMapping],
         st: &mut SyncStats,
         first_err: &mut Option<HostIommuError>,
-        budget: &mut SyncBudget,
     ) {
         let mut i = 0;
         while i < going.len() {
@@ -638,14 +563,12 @@ impl ShadowSpace {
                         match host.shadow_unmap(a.iova, a.len) {
                             Ok(()) => self.forget(a, st),
                             Err(e) => {
-                                budget.host_error();
                                 first_err.get_or_insert(e);
                             }
                         }
                     }
                 }
                 Err(e) => {
-                    budget.host_error();
                     if first_err.is_none() {
                         log::warn!("shadow: unmapping {iova:#x}+{len:#x}: {e}");
                     }
@@ -757,6 +680,126 @@ fn subtract(want: &[HostMapping], kept: &[(u64, u64)], out: &mut Vec<HostMapping
             }
         }
     }
+}
+
+/// What [`Coalescer`] dropped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CoalesceStats {
+    /// Leaves in, and mappings out.
+    pub leaves: u64,
+    pub runs: u64,
+    /// Runs (contiguous in IOVA) of leaves or parts of leaves that are not
+    /// guest RAM, and their size.
+    pub not_ram_runs: u64,
+    pub not_ram_bytes: u64,
+}
+
+/// Turns second-stage leaves (in ascending IOVA order) into host mappings:
+/// leaves contiguous in IOVA and guest-physical address with the same
+/// rights become one mapping, except across a boundary between RAM regions
+/// (each region is its own host mapping of guest memory, so the backend
+/// cannot map a run crossing one). The parts of leaves outside guest RAM
+/// are dropped and counted: the guest may point IOVAs at MMIO or at
+/// nothing, and that must not keep its RAM mappings from working.
+pub struct Coalescer<'a> {
+    mem: &'a GuestMemoryMmap,
+    out: Vec<HostMapping>,
+    cur: Option<HostMapping>,
+    /// Last byte of the RAM region `cur` lies in.
+    cur_region_last: u64,
+    /// End of the last piece when it was not RAM: a piece continuing it
+    /// is part of the same non-RAM run.
+    gap_end: Option<u64>,
+    stats: CoalesceStats,
+}
+
+impl<'a> Coalescer<'a> {
+    pub fn new(mem: &'a GuestMemoryMmap) -> Self {
+        Coalescer {
+            mem,
+            out: Vec::new(),
+            cur: None,
+            cur_region_last: 0,
+            gap_end: None,
+            stats: CoalesceStats::default(),
+        }
+    }
+
+    pub fn push(&mut self, l: &LeafRange) {
+        self.stats.leaves += 1;
+        let perm = HostPerm {
+            read: l.read,
+            write: l.write,
+        };
+        if l.len == 0 || grants_nothing(perm) {
+            return;
+        }
+        // Neither range may wrap (leaves from `for_each_leaf` never do).
+        let len = l.len.min(u64::MAX - l.iova).min(u64::MAX - l.gpa);
+        let (mut iova, mut gpa, mut left) = (l.iova, l.gpa, len);
+        // One piece per RAM region or gap the leaf's output crosses.
+        while left > 0 {
+            match self.mem.find_region(GuestAddress(gpa)) {
+                Some(r) => {
+                    let last = r.last_addr().raw_value();
+                    let len = left.min((last - gpa).saturating_add(1));
+                    self.ram_piece(
+                        HostMapping {
+                            iova,
+                            gpa,
+                            len,
+                            perm,
+                        },
+                        last,
+                    );
+                    (iova, gpa, left) = (iova.wrapping_add(len), gpa.wrapping_add(len), left - len);
+                }
+                None => {
+                    let next = self
+                        .mem
+                        .iter()
+                        .map(|r| r.start_addr().raw_value())
+                        .filter(|&s| s > gpa)
+                        .min();
+                    let len = next.map_or(left, |n| left.min(n - gpa));
+                    if self.gap_end != Some(iova) {
+                        self.stats.not_ram_runs += 1;
+                    }
+                    self.gap_end = Some(iova.wrapping_add(len));
+                    self.stats.not_ram_bytes = self.stats.not_ram_bytes.saturating_add(len);
+                    (iova, gpa, left) = (iova.wrapping_add(len), gpa.wrapping_add(len), left - len);
+                }
+            }
+        }
+    }
+
+    fn ram_piece(&mut self, m: HostMapping, region_last: u64) {
+        self.gap_end = None;
+        if let Some(c) = &mut self.cur {
+            if continues(c, &m) && region_last == self.cur_region_last {
+                c.len += m.len;
+                return;
+            }
+            self.out.push(*c);
+        }
+        self.cur = Some(m);
+        self.cur_region_last = region_last;
+    }
+
+    pub fn finish(mut self) -> (Vec<HostMapping>, CoalesceStats) {
+        if let Some(c) = self.cur.take() {
+            self.out.push(c);
+        }
+        self.stats.runs = self.out.len() as u64;
+        (self.out, self.stats)
+    }
+}
+
+/// [`Coalescer`] over a slice.
+pub fn coalesce(mem: &GuestMemoryMmap, leaves: &[LeafRange]) -> (Vec<HostMapping>, CoalesceStats) {
+    let mut c = Coalescer::new(mem);
+    leaves.iter().for_each(|l| c.push(l));
+    c.finish()
 }
 
 #[cfg(test)]

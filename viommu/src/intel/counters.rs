@@ -33,9 +33,6 @@ pub struct Counters {
     pub host_map_calls: AtomicU64,
     pub host_unmap_calls: AtomicU64,
     pub host_errors: AtomicU64,
-    /// Guest batches whose host sync ran out of budget (the rest of what
-    /// they invalidated stays unmapped, see [`crate::shadow::budget`]).
-    pub host_over_budget: AtomicU64,
 }
 
 /// What one slot of [`Counters::invalidations`] counts: a queued
@@ -114,7 +111,6 @@ impl Default for Counters {
             host_map_calls: AtomicU64::new(0),
             host_unmap_calls: AtomicU64::new(0),
             host_errors: AtomicU64::new(0),
-            host_over_budget: AtomicU64::new(0),
         }
     }
 }
@@ -154,13 +150,11 @@ impl Counters {
         );
         let _ = write!(
             s,
-            " host_syncs={} host_map_calls={} host_unmap_calls={} host_errors={} \
-             host_over_budget={}",
+            " host_syncs={} host_map_calls={} host_unmap_calls={} host_errors={}",
             self.host_syncs.load(Relaxed),
             self.host_map_calls.load(Relaxed),
             self.host_unmap_calls.load(Relaxed),
             self.host_errors.load(Relaxed),
-            self.host_over_budget.load(Relaxed),
         );
         for kind in Invalidation::ALL {
             let _ = write!(s, " inv_{}={}", kind.name(), self.invalidation_count(kind));

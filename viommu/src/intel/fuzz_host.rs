@@ -26,7 +26,6 @@ use super::fuzz_rig::*;
 use super::regs::*;
 use super::{IntelIommu, PassthroughMode};
 use crate::host::{HostAttachment, HostCapabilities, HostIommu, HostIommuError, HostMapping};
-use crate::shadow::BatchLimits;
 use crate::{Access, AtsEndpoint, GuestMemoryMmap, PageRequest, Translate};
 
 /// Operations per input at most, so every input ends quickly.
@@ -208,26 +207,6 @@ pub fn run_reach(data: &[u8]) -> Reach {
     let u = Arc::new(
         IntelIommu::new(cfg, mem.clone(), Arc::new(Quiet)).expect("a valid configuration"),
     );
-    // What one guest batch may read and map: far below the defaults
-    // (2^26 entries and 2^20 maps, seconds per batch here; a few inputs
-    // whose tables alias took most of the fuzzer's time, and never ran
-    // out), but above what syncing all of the prebuilt tables needs (a few
-    // thousand entries per endpoint), except for the tight pair, which
-    // runs out on purpose.
-    u.set_host_batch_limits(match setup >> 5 & 3 {
-        0 | 1 => BatchLimits {
-            reads: 1 << 14,
-            maps: 1 << 10,
-        },
-        2 => BatchLimits {
-            reads: 1 << 16,
-            maps: 1 << 12,
-        },
-        _ => BatchLimits {
-            reads: 1 << 9,
-            maps: 1 << 3,
-        },
-    });
     let rig = Rig { u: &u, mem: &mem };
     if setup & 0x80 == 0 {
         rig.prebuild(&cfg);

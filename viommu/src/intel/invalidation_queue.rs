@@ -272,9 +272,8 @@ impl IntelIommu {
     /// descriptor runs once, in queue order (§6.5.2.11).
     pub(super) fn drive_queue<'a>(&'a self, mut held: MutexGuard<'a, State>) {
         if held.queue.busy {
-            let plan = self.take_host_sync(&mut held, None);
+            self.sync_hosts(&mut held);
             self.finish(held);
-            self.run_host_sync(plan);
             return;
         }
         held.queue.busy = true;
@@ -290,12 +289,9 @@ impl IntelIommu {
             // (§6.5).
             let drain = std::mem::take(&mut st.queue.drain);
             // What the guest invalidated before the wait is in effect on
-            // the host before the wait completes. The host sync (table
-            // walks, ioctls) runs unlocked too, so other devices'
-            // translations go on meanwhile.
-            let plan = self.take_host_sync(&mut st, None);
+            // the host before the wait completes.
+            self.sync_hosts(&mut st);
             self.finish(st);
-            self.run_host_sync(plan);
             self.fence.drain(&drain);
             st = self.lock();
             self.complete_wait(&mut st, open);
@@ -303,9 +299,8 @@ impl IntelIommu {
         // In the same hold of the lock as the last look at IQT: a tail
         // written from now on finds the engine idle and runs it.
         st.queue.busy = false;
-        let plan = self.take_host_sync(&mut st, None);
+        self.sync_hosts(&mut st);
         self.finish(st);
-        self.run_host_sync(plan);
     }
 
     /// Completes a wait once the fence drained, whatever software did to
@@ -392,7 +387,7 @@ impl IntelIommu {
                     2 => st.caches.flush_context_domain(did),
                     _ => st.caches.flush_context_device(sid, fm),
                 }
-                st.host.dirty.everything();
+                st.host_dirty.everything();
                 Self::to_drain(st, Invalidated::Everything);
                 Invalidation::ContextCache
             }
@@ -476,7 +471,7 @@ impl IntelIommu {
                     1 => st.caches.flush_pasid_selective(did, pasid),
                     _ => st.caches.flush_pasid_all(),
                 }
-                st.host.dirty.everything();
+                st.host_dirty.everything();
                 Self::to_drain(st, Invalidated::Everything);
                 Invalidation::PasidCache
             }

@@ -13,7 +13,6 @@ mod domain_users;
 mod event;
 pub mod fault;
 pub mod first_stage;
-mod host_sync;
 // Test-only (the `test-utils` feature): fuzzers and tests feed the whole
 // unit arbitrary guest behaviour through it; the VMM has no use for it.
 #[cfg(any(test, feature = "test-utils"))]

@@ -21,7 +21,7 @@ use super::address_mask::MaskedRange;
 use super::second_stage::SlTable;
 use super::translation::DeviceDomain;
 use crate::host::{HostAttachment, HostIommu};
-use crate::shadow::{ShadowSpace, SyncBudget, SyncStats};
+use crate::shadow::{ShadowSpace, SyncStats};
 use crate::GuestMemoryMmap;
 
 /// What a batch of guest invalidations touched.
@@ -76,18 +76,12 @@ pub(super) struct HostSyncStats {
     pub map_calls: u64,
     pub unmap_calls: u64,
     pub errors: u64,
-    /// Runs left unmapped, and ranges emptied unread, because the batch's
-    /// budget ran out.
-    pub over_budget_runs: u64,
-    pub truncated_walks: u64,
 }
 
 impl HostSyncStats {
     fn add(&mut self, s: &SyncStats) {
         self.map_calls += s.map_calls;
         self.unmap_calls += s.unmap_calls;
-        self.over_budget_runs += s.over_budget_runs;
-        self.truncated_walks += s.truncated_walks;
     }
 }
 
@@ -152,17 +146,13 @@ impl HostEndpoint {
         }
     }
 
-    /// Brings the host in line with `domain` for what `dirty` says
-    /// changed, spending the batch's `budget` (shared with the other
-    /// endpoints of the batch).
+    /// Brings the host in line with `domain` for what `dirty` says changed.
     pub fn sync(
         &mut self,
         mem: &GuestMemoryMmap,
         domain: DeviceDomain,
         dirty: &HostDirty,
-        budget: &mut SyncBudget,
     ) -> HostSyncStats {
-        budget.next_endpoint();
         let mut stats = HostSyncStats::default();
         let rid = self.host.requester_id();
         let result = match domain {
@@ -199,13 +189,11 @@ impl HostEndpoint {
                         .collect()
                 };
                 merge(&mut ranges);
-                // After an error every range is still synced: the budget
-                // stops the maps, but what the guest removed must go.
                 let mut r = Ok(());
                 for (start, end) in ranges {
-                    let s = self.sync_range(mem, &table, (start, end), budget, &mut stats);
-                    if r.is_ok() {
-                        r = s;
+                    if let Err(e) = self.sync_range(mem, &table, start, end, &mut stats) {
+                        r = Err(e);
+                        break;
                     }
                 }
                 // Shadow first, then switch: the device never sees an
@@ -238,21 +226,15 @@ impl HostEndpoint {
         &mut self,
         mem: &GuestMemoryMmap,
         table: &SlTable,
-        (start, end): (u64, u64),
-        budget: &mut SyncBudget,
+        start: u64,
+        end: u64,
         stats: &mut HostSyncStats,
     ) -> Result<(), crate::host::HostIommuError> {
-        let before = self.shadow.totals();
-        let r =
-            self.shadow
-                .sync_from_tables_within(self.host.as_ref(), mem, table, start, end, budget);
-        // The totals count failed syncs too; so do the unit's counters.
-        let after = self.shadow.totals();
-        stats.map_calls += after.map_calls - before.map_calls;
-        stats.unmap_calls += after.unmap_calls - before.unmap_calls;
-        stats.over_budget_runs += after.over_budget_runs - before.over_budget_runs;
-        stats.truncated_walks += after.truncated_walks - before.truncated_walks;
-        r.map(|_| ())
+        let r = self
+            .shadow
+            .sync_from_tables(self.host.as_ref(), mem, table, start, end)?;
+        stats.add(&r);
+        Ok(())
     }
 }
 

@@ -2275,8 +2275,6 @@ fn qi_wait_drains_dma_that_started_before_it() {
 
 // --- passthrough endpoints (host IOMMU following the guest) ---------------
 
-mod host_sync;
-
 mod passthrough {
     use super::*;
     use crate::host::{

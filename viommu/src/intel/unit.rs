@@ -1,15 +1,14 @@
 //! The unit: its state, register side effects (global command,
-//! register-based invalidation) and the translation entry points, all
-//! under one lock so that a translation and an invalidation never
-//! interleave (§6.5.2.8: an invalidation wait completes only after
+//! register-based invalidation), host sync and the translation entry
+//! points, all under one lock so that a translation and an invalidation
+//! never interleave (§6.5.2.8: an invalidation wait completes only after
 //! translations that started before it finished).
 //!
 //! The hardware objects the unit drives have files of their own, each an
 //! `impl IntelIommu` block over this state: the invalidation queue engine
 //! in `invalidation_queue.rs`, the page request queue in
-//! `page_request_queue.rs`, fault status and recording in `fault.rs`, the
-//! unit's own interrupts in `event.rs`, and the passthrough endpoints'
-//! host sync, which runs without the lock, in `host_sync.rs`.
+//! `page_request_queue.rs`, fault status and recording in `fault.rs` and
+//! the unit's own interrupts in `event.rs`.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
@@ -19,12 +18,13 @@ use super::counters::{Counters, Invalidation};
 use super::domain_users::{DomainUsers, Invalidated};
 use super::event::{COMPLETION_EVENT, FAULT_EVENT, PAGE_REQUEST_EVENT};
 use super::fault::{Fault, FaultLog, Reason};
-use super::host_sync::{HostSyncState, HostSyncer};
 use super::interrupt_remap::{self, IrOutcome, IrtConfig, MsiRequest};
 use super::invalidation_queue::Engine;
 use super::iotlb::Caches;
+use super::passthrough::{HostDirty, HostEndpoint, PassthroughMode};
 use super::regs::*;
 use super::translation::{self, Request, Resolved, WalkConfig};
+use crate::host::HostIommu;
 use crate::{
     Access, AtsEndpoint, DmaFault, DmaFence, FenceScope, GuestMemoryMmap, PageRequest, Translate,
     Translation,
@@ -143,10 +143,10 @@ pub(super) struct State {
     pub(super) endpoints: HashMap<u16, Weak<dyn AtsEndpoint>>,
     /// Messages to endpoints, delivered once the lock is released.
     pub(super) to_endpoints: Vec<(Arc<dyn AtsEndpoint>, EndpointMsg)>,
-    /// Passthrough endpoints, whose host IOMMU follows the guest: what
-    /// planning their syncs needs (the endpoints are in
-    /// [`IntelIommu::host_sync`]).
-    pub(super) host: HostSyncState,
+    /// Passthrough endpoints, whose host IOMMU follows the guest.
+    pub(super) hosts: Vec<HostEndpoint>,
+    /// What the invalidations since the last host sync touched.
+    pub(super) host_dirty: HostDirty,
     /// The invalidation queue engine's own state.
     pub(super) queue: Engine,
     /// The domains each requester translated under: what scopes the
@@ -173,8 +173,6 @@ pub struct IntelIommu {
     /// was invalidated.
     pub(super) fence: Arc<DmaFence>,
     pub(super) mem: GuestMemoryMmap,
-    /// Passthrough endpoints, synced outside `state` (see `host_sync.rs`).
-    pub(super) host_sync: HostSyncer,
     sink: Arc<dyn InterruptSink>,
     pub counters: Counters,
 }
@@ -199,13 +197,13 @@ impl IntelIommu {
                 remap_changed: false,
                 endpoints: HashMap::new(),
                 to_endpoints: Vec::new(),
-                host: HostSyncState::default(),
+                hosts: Vec::new(),
+                host_dirty: HostDirty::default(),
                 queue: Engine::default(),
                 domain_users: DomainUsers::default(),
             }),
             fence: Arc::new(DmaFence::default()),
             mem,
-            host_sync: HostSyncer::default(),
             sink,
             counters: Counters::default(),
         })
@@ -302,17 +300,11 @@ impl IntelIommu {
             Self::unmask(&mut st, PAGE_REQUEST_EVENT, pectl_before);
         }
         run_queue |= touches(offset, len, IQT, 8);
+        self.sync_hosts(&mut st);
         if run_queue {
-            // The queue engine syncs the hosts, what this write
-            // invalidated included, before it completes anything.
             self.drive_queue(st);
         } else {
-            // A register-based invalidation is done when the write that
-            // started it returns (software then sees IVT/ICC clear,
-            // §6.5.1): the hosts are synced before, without the lock.
-            let plan = self.take_host_sync(&mut st, None);
             self.finish(st);
-            self.run_host_sync(plan);
         }
         // A register-based invalidation completes (IVT or ICC reads 0)
         // only once the DMA that may use what it removed has drained
@@ -329,7 +321,7 @@ impl IntelIommu {
         if cmd & GCMD_SRTP != 0 {
             st.rtaddr = st.regs.get64(RTADDR);
             st.caches.clear();
-            st.host.dirty.everything();
+            st.host_dirty.everything();
             gsts |= GSTS_RTPS;
         }
         if cmd & GCMD_SIRTP != 0 {
@@ -350,7 +342,7 @@ impl IntelIommu {
         };
         if (cmd & GCMD_TE != 0) != (gsts & GSTS_TES != 0) {
             st.caches.clear();
-            st.host.dirty.everything();
+            st.host_dirty.everything();
         }
         set(&mut gsts, GSTS_TES, cmd & GCMD_TE != 0);
         let qie = cmd & GCMD_QIE != 0;
@@ -389,7 +381,7 @@ impl IntelIommu {
                 .flush_context_device((v >> 16) as u16, ((v >> 32) & 3) as u8),
             _ => {}
         }
-        st.host.dirty.everything();
+        st.host_dirty.everything();
         self.counters
             .bump_invalidation(Invalidation::ContextCommand);
         // Done: ICC clears and CAIG reports the granularity performed.
@@ -437,7 +429,7 @@ impl IntelIommu {
 
     // --- translation and interrupt remapping ---
 
-    pub(super) fn walk_config(st: &State) -> WalkConfig {
+    fn walk_config(st: &State) -> WalkConfig {
         let f = &st.features;
         let ttm = (st.rtaddr >> RTADDR_TTM_SHIFT) & 3;
         WalkConfig {
@@ -529,6 +521,70 @@ impl IntelIommu {
         };
         self.finish(st);
         out
+    }
+
+    // --- passthrough endpoints ---
+
+    /// Puts a passthrough endpoint behind the unit: from now on its host
+    /// IOMMU follows what the guest programs for `host.requester_id()`.
+    pub fn add_host_endpoint(&self, host: Arc<dyn HostIommu>) {
+        let mut st = self.lock();
+        st.hosts.push(HostEndpoint::new(host));
+        st.host_dirty.everything();
+        self.sync_hosts(&mut st);
+        self.finish(st);
+    }
+
+    /// The path each passthrough endpoint is on, by requester ID, and how
+    /// often it entered each path (indexed by `PassthroughMode as usize`).
+    pub fn passthrough_modes(&self) -> Vec<(u16, Option<PassthroughMode>, [u64; 3])> {
+        let st = self.lock();
+        st.hosts
+            .iter()
+            .map(|h| (h.host.requester_id(), h.mode, h.entered))
+            .collect()
+    }
+
+    /// Bytes the shadow spaces map right now.
+    pub fn shadow_live_bytes(&self) -> u64 {
+        let st = self.lock();
+        st.hosts.iter().map(|h| h.shadow.live_bytes()).sum()
+    }
+
+    /// Records an IOTLB invalidation of granularity `g` (1 global, 2
+    /// domain, 3 pages: 2^am pages at addr) for the passthrough endpoints.
+    pub(super) fn iotlb_dirty(st: &mut State, g: u64, did: u16, addr: u64, am: u8) {
+        if st.hosts.is_empty() {
+            return;
+        }
+        match g {
+            1 => st.host_dirty.everything(),
+            2 => st.host_dirty.domain(did),
+            _ => st.host_dirty.pages(did, addr, am),
+        }
+    }
+
+    /// Replays what the guest invalidated on the passthrough endpoints'
+    /// host IOMMU (under the unit's lock, so the next guest change waits).
+    pub(super) fn sync_hosts(&self, st: &mut State) {
+        if st.hosts.is_empty() || st.host_dirty.is_empty() {
+            return;
+        }
+        let dirty = std::mem::take(&mut st.host_dirty);
+        let cfg = Self::walk_config(st);
+        let State { hosts, caches, .. } = st;
+        for h in hosts.iter_mut() {
+            let domain = translation::device_domain(&self.mem, &cfg, caches, h.host.requester_id());
+            let stats = h.sync(&self.mem, domain, &dirty);
+            self.counters.host_syncs.fetch_add(1, Relaxed);
+            self.counters
+                .host_map_calls
+                .fetch_add(stats.map_calls, Relaxed);
+            self.counters
+                .host_unmap_calls
+                .fetch_add(stats.unmap_calls, Relaxed);
+            self.counters.host_errors.fetch_add(stats.errors, Relaxed);
+        }
     }
 
     /// Whether interrupt remapping is on (routes must go through it).

@@ -1152,5 +1152,3 @@ fn random_tables_and_invalidations_keep_the_host_equal_to_the_tables() {
     );
     assert!(total.not_ram_runs > 50, "{total:?}");
 }
-
-mod budget;
