@@ -4,21 +4,9 @@
 # nested page table (tests/guest/nest-probe.c), as a guest hypervisor does.
 echo "GUEST-USERSPACE-REACHED"
 dmesg | grep -iE "dmar|iommu" | sed 's/^/DMESG: /'
-d=""
-for p in /sys/bus/pci/devices/*; do
-    [ "$(cat "$p/vendor")" = 0x1234 ] && [ "$(cat "$p/device")" = 0x5a5a ] && d=$p
-done
-[ -n "$d" ] || { echo "NEST-CHECK=no-dma-test"; exit 1; }
-bdf=${d##*/}
-echo vfio-pci >"$d/driver_override"
-[ -e "$d/driver" ] && echo "$bdf" >"$d/driver/unbind"
-echo "$bdf" >/sys/bus/pci/drivers_probe
-c=""
-for i in 1 2 3 4 5 6 7 8 9 10; do
-    c=$(ls "$d/vfio-dev" 2>/dev/null) && [ -n "$c" ] && [ -e "/dev/vfio/devices/$c" ] && break
-    c=""
-    sleep 0.5
-done
+# dma-test (1234:5a5a) to vfio-pci.
+bound=$(/bin/vfio-bind 0x1234 0x5a5a) || { echo "NEST-CHECK=no-dma-test-cdev"; exit 1; }
+d=${bound% *} c=${bound#* }
 echo "VFIO-CDEV=$c"
 # nest.pasid=N on the command line: attach the nested table to PASID N.
 pasid=""
@@ -26,7 +14,7 @@ for w in $(cat /proc/cmdline); do
     case $w in nest.pasid=*) pasid=${w#nest.pasid=} ;; esac
 done
 # shellcheck disable=SC2086  # no PASID: no argument
-[ -n "$c" ] && /bin/nest-probe "/dev/vfio/devices/$c" $pasid
+/bin/nest-probe "/dev/vfio/devices/$c" $pasid
 echo "NEST-PROBE-STATUS=$?"
 # The function resets the way vfio-pci resets it for the next user: FLR.
 echo "RESET-METHOD=$(cat "$d/reset_method" 2>/dev/null)"

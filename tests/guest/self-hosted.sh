@@ -6,21 +6,9 @@
 # printed afterwards with an `L3: ` prefix.
 echo "GUEST-USERSPACE-REACHED"
 if [ -e /dev/kvm ]; then echo "L2-KVM=yes"; else echo "L2-KVM=no"; fi
-d=""
-for p in /sys/bus/pci/devices/*; do
-    [ "$(cat "$p/vendor")" = 0x1af4 ] && d=$p
-done
-[ -n "$d" ] || { echo "SELF-HOSTED=no-virtio-disk"; exit 1; }
-bdf=${d##*/}
-echo vfio-pci >"$d/driver_override"
-[ -e "$d/driver" ] && echo "$bdf" >"$d/driver/unbind"
-echo "$bdf" >/sys/bus/pci/drivers_probe
-c=""
-for i in 1 2 3 4 5 6 7 8 9 10; do
-    c=$(ls "$d/vfio-dev" 2>/dev/null) && [ -n "$c" ] && [ -e "/dev/vfio/devices/$c" ] && break
-    c=""
-    sleep 0.5
-done
+# The virtio-blk disk (vendor 1af4, the only virtio function) to vfio-pci.
+bound=$(/bin/vfio-bind 0x1af4) || { echo "SELF-HOSTED=no-virtio-disk-cdev"; exit 1; }
+c=${bound#* }
 echo "VFIO-CDEV=$c"
 /bin/vmm --kernel /l3/vmlinuz --initramfs /l3/initrd.cpio.gz \
     --cmdline "console=ttyS0 quiet panic=-1 intel_iommu=on iommu.strict=1" \

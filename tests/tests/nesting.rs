@@ -17,7 +17,13 @@ fn nest_run(name: &str, pasid: Option<u32>) -> L1Run {
     let _l1 = serial();
     let dir = scratch(name);
     let probe = guest_program(&dir, "nest-probe.c");
-    let initrd = initramfs_with(&dir, "nest-check.sh", &[], &[(probe, "/bin/nest-probe")]);
+    let bind = repo_root().join("tests/guest/vfio-bind.sh");
+    let initrd = initramfs_with(
+        &dir,
+        "nest-check.sh",
+        &[],
+        &[(probe, "/bin/nest-probe"), (bind, "/bin/vfio-bind")],
+    );
     let mut args = VmmArgs::new(initrd);
     args.memory = "1G";
     args.cmdline = "console=ttyS0 quiet panic=-1 intel_iommu=on".into();

@@ -49,6 +49,10 @@ fn the_vmm_passes_its_guest_disk_through_inside_its_own_guest() {
     let l3_initrd = initramfs(&dir, "l3-round-trip.sh", &["virtio_blk"]);
     let mut files: Vec<(PathBuf, String)> = vec![
         (inner.clone(), "/bin/vmm".into()),
+        (
+            repo_root().join("tests/guest/vfio-bind.sh"),
+            "/bin/vfio-bind".into(),
+        ),
         (guest_kernel(), "/l3/vmlinuz".into()),
         (l3_initrd, "/l3/initrd.cpio.gz".into()),
     ];
