@@ -3,8 +3,14 @@
 # the VMM's VT-d): binds that disk to vfio-pci and runs the VMM again,
 # inside, passing the disk to an L3 guest behind the inner VMM's own VT-d
 # (tests/guest/l3-round-trip.sh runs there). The inner VMM's output is
-# printed afterwards with an `L3: ` prefix.
+# printed afterwards with an `L3: ` prefix. The inner `--viommu` value
+# comes from `inner_viommu=` on this guest's command line (default intel).
 echo "GUEST-USERSPACE-REACHED"
+viommu=intel
+for w in $(cat /proc/cmdline); do
+    case "$w" in inner_viommu=*) viommu=${w#inner_viommu=} ;; esac
+done
+echo "INNER-VIOMMU=$viommu"
 if [ -e /dev/kvm ]; then echo "L2-KVM=yes"; else echo "L2-KVM=no"; fi
 # The virtio-blk disk (vendor 1af4, the only virtio function) to vfio-pci.
 bound=$(/bin/vfio-bind 0x1af4) || { echo "SELF-HOSTED=no-virtio-disk-cdev"; exit 1; }
@@ -12,7 +18,7 @@ c=${bound#* }
 echo "VFIO-CDEV=$c"
 /bin/vmm --kernel /l3/vmlinuz --initramfs /l3/initrd.cpio.gz \
     --cmdline "console=ttyS0 quiet panic=-1 intel_iommu=on iommu.strict=1" \
-    --memory 128M --cpus 1 --vfio "/dev/vfio/devices/$c,iommu=on" --viommu intel \
+    --memory 128M --cpus 1 --vfio "/dev/vfio/devices/$c,iommu=on" --viommu "$viommu" \
     --counters >/tmp/inner.log 2>&1
 echo "INNER-VMM-STATUS=$?"
 sed 's/^/L3: /' /tmp/inner.log

@@ -62,6 +62,50 @@ pub enum HostAttachment {
     /// second-stage tables (caching mode on a host without nesting).
     /// An empty shadow space blocks all DMA.
     Shadow,
+    /// The guest's own stage-1 table, walked by the host IOMMU nested over
+    /// guest RAM (IOVA = GPA as stage 2): the VMM does nothing per mapping,
+    /// only forwards the guest's invalidations.
+    Nested(Stage1Table),
+}
+
+/// A guest stage-1 table as the host IOMMU takes it for nesting. One
+/// variant per vIOMMU architecture; the fields are the guest's own, read
+/// from its translation structures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage1Table {
+    /// A VT-d first-stage table from a scalable-mode PASID entry with
+    /// PGTT = first stage (VT-d spec §9.6).
+    VtdFirstStage {
+        /// FSPTPTR: guest-physical address of the first-stage root.
+        pgtbl_addr: u64,
+        /// 48 (4-level) or 57 (5-level, FLPM = 1).
+        addr_width: u8,
+        /// SRE: supervisor requests allowed.
+        sre: bool,
+        /// WPE: write protect applies to supervisor requests.
+        wpe: bool,
+    },
+}
+
+/// One guest invalidation of a nested stage-1 table, forwarded to the
+/// host in a batch (the host flushes its IOTLB and device TLBs for it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stage1Invalidation {
+    /// 4 KiB aligned start of the invalidated input range.
+    pub addr: u64,
+    /// Pages from `addr`; `u64::MAX` (with `addr` 0) for everything.
+    pub npages: u64,
+    /// Only leaf entries changed (the host may keep paging-structure
+    /// caches).
+    pub leaf: bool,
+}
+
+impl Stage1Invalidation {
+    pub const ALL: Stage1Invalidation = Stage1Invalidation {
+        addr: 0,
+        npages: u64::MAX,
+        leaf: false,
+    };
 }
 
 /// What the host IOMMU offers a passthrough endpoint.
@@ -92,4 +136,12 @@ pub trait HostIommu: Send + Sync {
     /// covers whole mappings previously installed by `shadow_map` (the
     /// host cannot split them).
     fn shadow_unmap(&self, iova: u64, len: u64) -> Result<(), HostIommuError>;
+    /// Forwards a batch of invalidations of the nested stage-1 table the
+    /// endpoint is attached to, in one host call where the host allows.
+    /// Returns how many entries the host carried out (all of them unless
+    /// it failed part-way).
+    fn invalidate_stage1(&self, batch: &[Stage1Invalidation]) -> Result<usize, HostIommuError> {
+        let _ = batch;
+        Err(HostIommuError::Unsupported("nested translation"))
+    }
 }

@@ -1,12 +1,14 @@
-//! [`HostIommu`] over iommufd: the bypass and shadow paths of a passthrough
-//! device.
+//! [`HostIommu`] over iommufd: the bypass, shadow and nested paths of a
+//! passthrough device.
 //!
 //! Every passthrough device is bound to one iommufd. Guest RAM is mapped
 //! once into a shared IOAS at IOVA = GPA (the bypass path). Each device
 //! also gets its own shadow IOAS, which the model fills with the guest's
 //! second-stage mappings as the guest invalidates them (IOVA → the host
-//! address of the guest-physical page). Which of the two the device is
-//! attached to is the model's choice.
+//! address of the guest-physical page). On a host that nests, the device
+//! also gets a NEST_PARENT HWPT over the guest-RAM IOAS, and each guest
+//! stage-1 table the model hands over becomes a nested HWPT on it. Which
+//! one the device is attached to is the model's choice.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -16,8 +18,12 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegio
 
 use crate::host::{
     HostAttachment, HostCapabilities, HostIommu, HostIommuError, HostMapping, HostPerm,
+    Stage1Invalidation, Stage1Table,
 };
-use crate::iommufd::{IoPerm, Iommufd, IommufdError};
+use crate::iommufd::{
+    HwptAlloc, HwptData, InvalidateBatch, IoPerm, Iommufd, IommufdError, VtdInvalidation,
+    VTD_S1_SRE, VTD_S1_WPE,
+};
 use crate::GuestMemoryMmap;
 
 fn host_err(op: &'static str) -> impl Fn(IommufdError) -> HostIommuError {
@@ -115,13 +121,19 @@ pub struct HostCounters {
     pub live_bytes: AtomicU64,
     /// Highest `live_bytes` seen.
     pub peak_live_bytes: AtomicU64,
+    /// Nested HWPTs allocated (one per guest stage-1 table installed).
+    pub nested_hwpts: AtomicU64,
+    /// IOMMU_HWPT_INVALIDATE calls and the entries they carried.
+    pub invalidate_ioctls: AtomicU64,
+    pub invalidate_entries: AtomicU64,
 }
 
 impl HostCounters {
     pub fn summary(&self) -> String {
         format!(
             "map_ioctls={} unmap_ioctls={} attach_ioctls={} mapped_bytes={} unmapped_bytes={} \
-             live_bytes={} peak_live_bytes={}",
+             live_bytes={} peak_live_bytes={} nested_hwpts={} invalidate_ioctls={} \
+             invalidate_entries={}",
             self.map_ioctls.load(Relaxed),
             self.unmap_ioctls.load(Relaxed),
             self.attach_ioctls.load(Relaxed),
@@ -129,8 +141,21 @@ impl HostCounters {
             self.unmapped_bytes.load(Relaxed),
             self.live_bytes.load(Relaxed),
             self.peak_live_bytes.load(Relaxed),
+            self.nested_hwpts.load(Relaxed),
+            self.invalidate_ioctls.load(Relaxed),
+            self.invalidate_entries.load(Relaxed),
         )
     }
+}
+
+/// Where the device is attached on the host.
+#[derive(Debug, Default)]
+struct Attached {
+    /// None: unknown (an attach failed part-way).
+    to: Option<HostAttachment>,
+    /// The nested HWPT of `HostAttachment::Nested`, destroyed when the
+    /// device moves off it.
+    nested_hwpt: Option<u32>,
 }
 
 /// One passthrough device on iommufd.
@@ -138,44 +163,100 @@ pub struct IommufdEndpoint {
     requester_id: u16,
     iommufd: Arc<Iommufd>,
     device: Arc<dyn DeviceAttach>,
+    dev_id: u32,
     guest_ioas: u32,
     shadow_ioas: u32,
+    /// The NEST_PARENT HWPT over guest RAM (IOVA = GPA), when the nested
+    /// path is taken (`caps.nesting`).
+    nest_parent: Option<u32>,
     mem: GuestMemoryMmap,
     caps: HostCapabilities,
-    attached: Mutex<Option<HostAttachment>>,
+    attached: Mutex<Attached>,
     pub counters: Arc<HostCounters>,
 }
 
 impl IommufdEndpoint {
-    /// `device` is currently attached to `guest_ram` (the bypass path).
+    /// `device` (iommufd device `dev_id`) is currently attached to
+    /// `guest_ram` (the bypass path). With `caps.nesting` the endpoint
+    /// takes the nested path for guest stage-1 tables.
     pub fn new(
         requester_id: u16,
         guest_ram: &GuestRamIoas,
         device: Arc<dyn DeviceAttach>,
+        dev_id: u32,
         mem: GuestMemoryMmap,
         caps: HostCapabilities,
     ) -> Result<Self, IommufdError> {
         let iommufd = guest_ram.iommufd().clone();
         let shadow_ioas = iommufd.ioas_alloc()?;
+        let nest_parent = if caps.nesting {
+            match iommufd.hwpt_alloc(&HwptAlloc::nest_parent(dev_id, guest_ram.id())) {
+                Ok(id) => Some(id),
+                Err(e) => {
+                    let _ = iommufd.destroy(shadow_ioas);
+                    return Err(e);
+                }
+            }
+        } else {
+            None
+        };
         Ok(IommufdEndpoint {
             requester_id,
             iommufd,
             device,
+            dev_id,
             guest_ioas: guest_ram.id(),
             shadow_ioas,
+            nest_parent,
             mem,
             caps,
-            attached: Mutex::new(Some(HostAttachment::Bypass)),
+            attached: Mutex::new(Attached {
+                to: Some(HostAttachment::Bypass),
+                nested_hwpt: None,
+            }),
             counters: Arc::new(HostCounters::default()),
         })
+    }
+
+    /// Allocates the nested HWPT for a guest stage-1 table.
+    fn alloc_nested(&self, table: &Stage1Table) -> Result<u32, HostIommuError> {
+        let parent = self
+            .nest_parent
+            .ok_or(HostIommuError::Unsupported("nested translation"))?;
+        let data = match *table {
+            Stage1Table::VtdFirstStage {
+                pgtbl_addr,
+                addr_width,
+                sre,
+                wpe,
+            } => HwptData::VtdS1 {
+                flags: if sre { VTD_S1_SRE } else { 0 } | if wpe { VTD_S1_WPE } else { 0 },
+                pgtbl_addr,
+                addr_width: addr_width as u32,
+            },
+        };
+        let id = self
+            .iommufd
+            .hwpt_alloc(&HwptAlloc::nested(self.dev_id, parent, data))
+            .map_err(host_err("IOMMU_HWPT_ALLOC (nested)"))?;
+        self.counters.nested_hwpts.fetch_add(1, Relaxed);
+        Ok(id)
     }
 }
 
 impl Drop for IommufdEndpoint {
     fn drop(&mut self) {
-        // The device may still be attached to the shadow IOAS, which then
-        // cannot be destroyed: move it back to guest RAM first.
+        // The device may still be attached to the shadow IOAS or a nested
+        // HWPT, which then cannot be destroyed: move it back to guest RAM
+        // first.
         let _ = self.device.attach(self.guest_ioas);
+        let attached = self.attached.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some(id) = attached.nested_hwpt.take() {
+            let _ = self.iommufd.destroy(id);
+        }
+        if let Some(id) = self.nest_parent {
+            let _ = self.iommufd.destroy(id);
+        }
         let _ = self.iommufd.destroy(self.shadow_ioas);
     }
 }
@@ -191,26 +272,70 @@ impl HostIommu for IommufdEndpoint {
 
     fn attach(&self, to: HostAttachment) -> Result<(), HostIommuError> {
         let mut attached = self.attached.lock().unwrap_or_else(|e| e.into_inner());
-        if *attached == Some(to) {
+        if attached.to == Some(to) {
             return Ok(());
         }
-        let pt = match to {
-            HostAttachment::Bypass => self.guest_ioas,
-            HostAttachment::Shadow => self.shadow_ioas,
+        let (pt, nested) = match to {
+            HostAttachment::Bypass => (self.guest_ioas, None),
+            HostAttachment::Shadow => (self.shadow_ioas, None),
+            HostAttachment::Nested(table) => {
+                let id = self.alloc_nested(&table)?;
+                (id, Some(id))
+            }
         };
         self.counters.attach_ioctls.fetch_add(1, Relaxed);
         // Unknown until the attach succeeds again.
-        *attached = None;
-        self.device
-            .attach(pt)
-            .map_err(|reason| HostIommuError::Host {
+        attached.to = None;
+        if let Err(reason) = self.device.attach(pt) {
+            if let Some(id) = nested {
+                let _ = self.iommufd.destroy(id);
+            }
+            return Err(HostIommuError::Host {
                 op: "VFIO_DEVICE_ATTACH_IOMMUFD_PT",
                 reason,
-            })?;
-        *attached = Some(to);
+            });
+        }
+        // The device is off the previous nested table (attach replaces).
+        if let Some(old) = std::mem::replace(&mut attached.nested_hwpt, nested) {
+            let _ = self.iommufd.destroy(old);
+        }
+        attached.to = Some(to);
         Ok(())
     }
 
+    fn invalidate_stage1(&self, batch: &[Stage1Invalidation]) -> Result<usize, HostIommuError> {
+        let attached = self.attached.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(hwpt) = attached.nested_hwpt else {
+            return Err(HostIommuError::Host {
+                op: "IOMMU_HWPT_INVALIDATE",
+                reason: "the device is not on a nested table".into(),
+            });
+        };
+        let entries: Vec<VtdInvalidation> = batch
+            .iter()
+            .map(|i| VtdInvalidation::new(i.addr, i.npages, i.leaf))
+            .collect();
+        self.counters.invalidate_ioctls.fetch_add(1, Relaxed);
+        let out = self
+            .iommufd
+            .hwpt_invalidate_partial(hwpt, InvalidateBatch::Vtd(&entries));
+        self.counters
+            .invalidate_entries
+            .fetch_add(out.processed as u64, Relaxed);
+        match out.error {
+            None => Ok(out.processed as usize),
+            Some(e) if out.processed > 0 => {
+                log::warn!(
+                    "passthrough {:04x}: IOMMU_HWPT_INVALIDATE stopped after {} of {} entries: {e}",
+                    self.requester_id,
+                    out.processed,
+                    entries.len()
+                );
+                Ok(out.processed as usize)
+            }
+            Some(e) => Err(host_err("IOMMU_HWPT_INVALIDATE")(e)),
+        }
+    }
     fn shadow_map(&self, mappings: &[HostMapping]) -> Result<(), HostIommuError> {
         for m in mappings {
             let HostPerm { read, write } = m.perm;

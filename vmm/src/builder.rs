@@ -239,13 +239,15 @@ pub fn build(cli: &Cli) -> Result<Vm, VmmError> {
     // Passthrough devices are opened first: what the host IOMMU can do
     // shapes the vIOMMU.
     let passthrough = crate::passthrough::open_all(&cli.vfio, &mem)?;
-    let vtd = match cli.viommu {
+    let choice = match cli.viommu {
         Some(cfg) => Some(crate::passthrough::viommu_config(
             cfg,
             passthrough.as_ref(),
         )?),
         None => None,
     };
+    let vtd = choice.map(|c| c.vtd);
+    let nested_path = choice.is_some_and(|c| c.nested);
 
     // The emulated IOMMU, translating for the devices that opt in.
     let iommu = match vtd {
@@ -373,14 +375,21 @@ pub fn build(cli: &Cli) -> Result<Vm, VmmError> {
             let counters = match behind {
                 Some(unit) => {
                     iommu_scope.insert(bdf.0);
+                    let dev_id = opened
+                        .device
+                        .iommufd_dev_id()
+                        .ok_or_else(|| VmmError::Setup(format!("vfio{i}: not bound to iommufd")))?;
+                    let mut caps = opened.capabilities();
+                    caps.nesting &= nested_path;
                     let ep = viommu::host_iommufd::IommufdEndpoint::new(
                         bdf.0,
                         &pt.guest_ram,
                         Arc::new(crate::passthrough::VfioAttach(opened.device.clone())),
+                        dev_id,
                         mem.clone(),
-                        opened.capabilities(),
+                        caps,
                     )
-                    .map_err(|e| VmmError::Setup(format!("vfio{i}: shadow IOAS: {e}")))?;
+                    .map_err(|e| VmmError::Setup(format!("vfio{i}: host address spaces: {e}")))?;
                     let counters = ep.counters.clone();
                     unit.add_host_endpoint(Arc::new(ep));
                     Some(counters)

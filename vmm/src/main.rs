@@ -100,15 +100,15 @@ fn print_counters(vm: &builder::CounterView) {
             .iter()
             .find(|(rid, _, _)| *rid == d.requester_id)
             .map(|(_, m, e)| (*m, *e))
-            .unwrap_or((None, [0; 3]));
+            .unwrap_or((None, [0; viommu::intel::PassthroughMode::COUNT]));
         let mode = mode
             .map(|m| format!("{m:?}").to_lowercase())
             .unwrap_or_else(|| "bypass".into());
         let host = d.counters.as_ref().map(|c| c.summary()).unwrap_or_default();
         eprintln!(
             "vmm: counters: vfio{i} mode={mode} entered_bypass={} entered_shadow={} \
-             entered_blocked={} {host}",
-            entered[0], entered[1], entered[2]
+             entered_blocked={} entered_nested={} {host}",
+            entered[0], entered[1], entered[2], entered[3]
         );
     }
 }

@@ -106,13 +106,29 @@ pub fn open_all(
 }
 
 /// The vIOMMU configuration once the passthrough devices behind it are
-/// known. A host without nesting gets the shadow path: Caching Mode (the
-/// guest then reports maps as well as unmaps) and no first stage (Caching
-/// Mode announces no first-stage changes, VT-d spec §6.1).
+/// known, and the path they take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ViommuChoice {
+    pub vtd: VtdConfig,
+    /// The devices behind the vIOMMU take the nested path for guest
+    /// first-stage tables (second-stage tables are still shadowed).
+    pub nested: bool,
+}
+
+/// Chooses the vIOMMU's configuration for the passthrough devices behind
+/// it.
+///
+/// - The host nests for every device and `nested` is not `off`: the
+///   nested path. The guest gets first-stage tables (installed on the host
+///   as nested HWPTs) and Caching Mode, so that a guest using second-stage
+///   or legacy tables instead is still shadowed.
+/// - Otherwise the shadow path: Caching Mode (the guest then reports maps
+///   as well as unmaps) and no first stage (Caching Mode announces no
+///   first-stage changes, VT-d spec §6.1).
 pub fn viommu_config(
     cfg: ViommuConfig,
     passthrough: Option<&Passthrough>,
-) -> Result<VtdConfig, VmmError> {
+) -> Result<ViommuChoice, VmmError> {
     let behind: Vec<(String, bool)> = passthrough
         .map(|p| {
             p.devices
@@ -127,48 +143,59 @@ pub fn viommu_config(
 
 /// [`viommu_config`] over (path, host can nest) of each device behind the
 /// vIOMMU.
-fn choose_viommu(cfg: ViommuConfig, behind: &[(String, bool)]) -> Result<VtdConfig, VmmError> {
+fn choose_viommu(cfg: ViommuConfig, behind: &[(String, bool)]) -> Result<ViommuChoice, VmmError> {
     let mut vtd = cfg.vtd;
     if behind.is_empty() {
-        return Ok(vtd);
+        return Ok(ViommuChoice { vtd, nested: false });
     }
     let all_nest = behind.iter().all(|(_, nest)| *nest);
-    match cfg.nested {
-        Nesting::On if !all_nest => {
-            let path = behind
-                .iter()
-                .find(|(_, nest)| !nest)
-                .map(|(p, _)| p.as_str())
-                .unwrap_or_default();
-            return Err(VmmError::Input(format!(
-                "--viommu nested=on: the host IOMMU cannot nest translations for {path} \
-                 (NEST_PARENT page tables are not supported)"
-            )));
+    if cfg.nested == Nesting::On && !all_nest {
+        let path = behind
+            .iter()
+            .find(|(_, nest)| !nest)
+            .map(|(p, _)| p.as_str())
+            .unwrap_or_default();
+        return Err(VmmError::Input(format!(
+            "--viommu nested=on: the host IOMMU cannot nest translations for {path} \
+             (NEST_PARENT page tables are not supported)"
+        )));
+    }
+    if vtd.offer_nesting {
+        return Err(VmmError::Input(
+            "--viommu offer-nesting=on cannot be used with a --vfio device behind the vIOMMU \
+             (a passthrough device cannot nest a third stage)"
+                .into(),
+        ));
+    }
+    if cfg.nested != Nesting::Off && all_nest {
+        if !vtd.first_stage {
+            if cfg.nested == Nesting::On {
+                return Err(VmmError::Input(
+                    "--viommu nested=on needs scalable=on and first-stage=on (the nested path \
+                     installs the guest's first-stage tables)"
+                        .into(),
+                ));
+            }
+        } else {
+            if cfg.caching_mode_given != Some(false) {
+                vtd.caching_mode = true;
+            }
+            info!(
+                "vIOMMU: nested path for passthrough devices (guest first-stage tables as \
+                 nested page tables{})",
+                if vtd.caching_mode {
+                    "; second-stage tables shadowed"
+                } else {
+                    ""
+                }
+            );
+            return Ok(ViommuChoice { vtd, nested: true });
         }
-        Nesting::On => {
-            return Err(VmmError::Input(
-                "--viommu nested=on: nested page tables for passthrough devices are not \
-                 implemented yet; use nested=auto (shadow) or nested=off"
-                    .into(),
-            ));
-        }
-        Nesting::Auto if all_nest => {
-            info!("vIOMMU: the host can nest; the nested path is not implemented yet, shadowing");
-        }
-        _ => {}
     }
     if cfg.first_stage_given == Some(true) {
         return Err(VmmError::Input(
             "--viommu first-stage=on cannot be used with a --vfio device behind the vIOMMU on \
              a host without nested translation (caching mode announces no first-stage maps)"
-                .into(),
-        ));
-    }
-    if vtd.offer_nesting {
-        return Err(VmmError::Input(
-            "--viommu offer-nesting=on cannot be used with a --vfio device behind the vIOMMU \
-             on a host without nested translation (the shadow path turns the first stage off, \
-             and nesting needs it)"
                 .into(),
         ));
     }
@@ -184,7 +211,7 @@ fn choose_viommu(cfg: ViommuConfig, behind: &[(String, bool)]) -> Result<VtdConf
     }
     vtd.caching_mode = true;
     vtd.first_stage = false;
-    Ok(vtd)
+    Ok(ViommuChoice { vtd, nested: false })
 }
 
 /// Attaches a VFIO device to an iommufd page table.
@@ -210,9 +237,13 @@ mod tests {
     use super::*;
     use crate::config::parse_viommu;
 
-    fn choose(spec: &str, behind: &[(&str, bool)]) -> Result<VtdConfig, String> {
+    fn choose_path(spec: &str, behind: &[(&str, bool)]) -> Result<ViommuChoice, String> {
         let behind: Vec<(String, bool)> = behind.iter().map(|(p, n)| (p.to_string(), *n)).collect();
         choose_viommu(parse_viommu(spec).unwrap(), &behind).map_err(|e| e.to_string())
+    }
+
+    fn choose(spec: &str, behind: &[(&str, bool)]) -> Result<VtdConfig, String> {
+        choose_path(spec, behind).map(|c| c.vtd)
     }
 
     #[test]
@@ -251,19 +282,31 @@ mod tests {
     }
 
     #[test]
-    fn nested_on_is_refused_until_the_nested_path_exists() {
+    fn a_nesting_host_takes_the_nested_path() {
         let e = choose("intel,nested=on", &[("/dev/vfio/devices/vfio3", false)]).unwrap_err();
         assert!(
             e.contains("cannot nest translations for /dev/vfio/devices/vfio3"),
             "{e}"
         );
-        let e = choose("intel,nested=on", &[("/dev/x", true)]).unwrap_err();
-        assert!(e.contains("not implemented yet"), "{e}");
-        // auto falls back to shadowing either way.
-        assert!(
-            choose("intel,nested=auto", &[("/dev/x", true)])
-                .unwrap()
-                .caching_mode
-        );
+        for spec in ["intel", "intel,nested=auto", "intel,nested=on"] {
+            let c = choose_path(spec, &[("/dev/x", true)]).unwrap();
+            assert!(c.nested, "{spec}");
+            assert!(c.vtd.first_stage && c.vtd.caching_mode, "{spec}");
+        }
+        // Without the second-stage fallback.
+        let c = choose_path("intel,nested=on,caching-mode=off", &[("/dev/x", true)]).unwrap();
+        assert!(c.nested && !c.vtd.caching_mode);
+        // nested=off, or one device that cannot nest: the shadow path.
+        let c = choose_path("intel,nested=off", &[("/dev/x", true)]).unwrap();
+        assert!(!c.nested && c.vtd.caching_mode && !c.vtd.first_stage);
+        let c = choose_path("intel", &[("/dev/x", true), ("/dev/y", false)]).unwrap();
+        assert!(!c.nested && !c.vtd.first_stage);
+        // No first stage to install.
+        let e = choose("intel,nested=on,first-stage=off", &[("/dev/x", true)]).unwrap_err();
+        assert!(e.contains("needs scalable=on and first-stage=on"), "{e}");
+        let c = choose_path("intel,first-stage=off", &[("/dev/x", true)]).unwrap();
+        assert!(!c.nested);
+        let e = choose("intel,offer-nesting=on", &[("/dev/x", true)]).unwrap_err();
+        assert!(e.contains("third stage"), "{e}");
     }
 }

@@ -33,6 +33,11 @@ pub struct Counters {
     pub host_map_calls: AtomicU64,
     pub host_unmap_calls: AtomicU64,
     pub host_errors: AtomicU64,
+    /// Nested path: stage-1 tables installed on the host, invalidation
+    /// batches forwarded (one host call each) and the entries in them.
+    pub host_nested_attaches: AtomicU64,
+    pub host_stage1_batches: AtomicU64,
+    pub host_stage1_invalidations: AtomicU64,
 }
 
 /// What one slot of [`Counters::invalidations`] counts: a queued
@@ -111,6 +116,9 @@ impl Default for Counters {
             host_map_calls: AtomicU64::new(0),
             host_unmap_calls: AtomicU64::new(0),
             host_errors: AtomicU64::new(0),
+            host_nested_attaches: AtomicU64::new(0),
+            host_stage1_batches: AtomicU64::new(0),
+            host_stage1_invalidations: AtomicU64::new(0),
         }
     }
 }
@@ -150,11 +158,15 @@ impl Counters {
         );
         let _ = write!(
             s,
-            " host_syncs={} host_map_calls={} host_unmap_calls={} host_errors={}",
+            " host_syncs={} host_map_calls={} host_unmap_calls={} host_errors={} \
+             host_nested_attaches={} host_stage1_batches={} host_stage1_invalidations={}",
             self.host_syncs.load(Relaxed),
             self.host_map_calls.load(Relaxed),
             self.host_unmap_calls.load(Relaxed),
             self.host_errors.load(Relaxed),
+            self.host_nested_attaches.load(Relaxed),
+            self.host_stage1_batches.load(Relaxed),
+            self.host_stage1_invalidations.load(Relaxed),
         );
         for kind in Invalidation::ALL {
             let _ = write!(s, " inv_{}={}", kind.name(), self.invalidation_count(kind));

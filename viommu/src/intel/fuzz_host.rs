@@ -25,7 +25,9 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryReg
 use super::fuzz_rig::*;
 use super::regs::*;
 use super::{IntelIommu, PassthroughMode};
-use crate::host::{HostAttachment, HostCapabilities, HostIommu, HostIommuError, HostMapping};
+use crate::host::{
+    HostAttachment, HostCapabilities, HostIommu, HostIommuError, HostMapping, Stage1Invalidation,
+};
 use crate::{Access, AtsEndpoint, GuestMemoryMmap, PageRequest, Translate};
 
 /// Operations per input at most, so every input ends quickly.
@@ -51,6 +53,8 @@ struct CheckingHost {
     fail_every: u64,
     calls: AtomicU64,
     failed: AtomicBool,
+    /// The host nests: first-stage tables take the nested path.
+    nesting: bool,
 }
 
 impl CheckingHost {
@@ -90,7 +94,10 @@ impl HostIommu for CheckingHost {
         self.rid
     }
     fn capabilities(&self) -> HostCapabilities {
-        HostCapabilities::default()
+        HostCapabilities {
+            nesting: self.nesting,
+            ..Default::default()
+        }
     }
     fn attach(&self, to: HostAttachment) -> Result<(), HostIommuError> {
         self.injected("attach")?;
@@ -99,6 +106,29 @@ impl HostIommu for CheckingHost {
             .unwrap_or_else(|e| e.into_inner())
             .attached = Some(to);
         Ok(())
+    }
+    fn invalidate_stage1(&self, batch: &[Stage1Invalidation]) -> Result<usize, HostIommuError> {
+        self.injected("invalidate_stage1")?;
+        assert!(
+            self.nesting,
+            "stage-1 invalidation on a host without nesting"
+        );
+        assert!(!batch.is_empty(), "empty invalidation batch");
+        assert!(batch.len() <= 4096, "unbounded batch: {}", batch.len());
+        assert!(
+            matches!(self.attached(), Some(HostAttachment::Nested(_))),
+            "stage-1 invalidation while not nested"
+        );
+        for i in batch {
+            assert_eq!(i.addr & 0xfff, 0, "unaligned invalidation {i:x?}");
+            assert!(i.npages > 0, "empty invalidation {i:x?}");
+            // What the host computes as the last byte must not wrap.
+            assert!(
+                i.npages == u64::MAX && i.addr == 0 || i.npages < 1 << 52,
+                "invalidation past the address space {i:x?}"
+            );
+        }
+        Ok(batch.len())
     }
     fn shadow_map(&self, mappings: &[HostMapping]) -> Result<(), HostIommuError> {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -230,6 +260,7 @@ pub fn run_reach(data: &[u8]) -> Reach {
                 fail_every,
                 calls: AtomicU64::new(0),
                 failed: AtomicBool::new(false),
+                nesting: setup & 0x10 != 0,
             })
         })
         .collect();
@@ -298,6 +329,14 @@ fn check(u: &IntelIommu, hosts: &[Arc<CheckingHost>]) {
             }
             Some(PassthroughMode::Shadow) => {
                 assert_eq!(h.attached(), Some(HostAttachment::Shadow), "{rid:#x}");
+            }
+            Some(PassthroughMode::Nested) => {
+                assert!(h.nesting, "{rid:#x}: nested on a host without nesting");
+                assert!(
+                    matches!(h.attached(), Some(HostAttachment::Nested(_))),
+                    "{rid:#x}"
+                );
+                assert_eq!(h.live_bytes(), 0, "{rid:#x}: nested with a shadow");
             }
             None => {}
         }

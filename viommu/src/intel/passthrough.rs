@@ -1,17 +1,21 @@
 //! Passthrough (VFIO) endpoints behind the unit: the host IOMMU translates
 //! their DMA, so every guest change the unit learns of through an
-//! invalidation is replayed on the host (VT-d spec §6.1: with Caching Mode
-//! the guest invalidates after making entries present as well as after
-//! removing them, so invalidations are a complete change log of the
-//! guest's second-stage tables).
+//! invalidation is replayed on the host.
 //!
 //! Per endpoint the unit chooses one of:
 //! - *bypass* (translation off, or pass-through for the device): the host
 //!   attachment is the guest-RAM address space, IOVA = GPA;
+//! - *nested* (first-stage tables, on a host that nests): the guest's
+//!   first-stage table is installed on the host as a nested table over
+//!   guest RAM; the host walks it itself, and the guest's invalidations of
+//!   it go down as one batch per invalidation wait;
 //! - *shadow* (second-stage tables): the endpoint's own host address space
-//!   mirrors the guest's tables, re-walked over each invalidated range;
-//! - *blocked* (no valid context, or first-stage tables a host without
-//!   nesting cannot follow): the shadow space, emptied.
+//!   mirrors the guest's tables, re-walked over each invalidated range
+//!   (VT-d spec §6.1: with Caching Mode the guest invalidates after making
+//!   entries present as well as after removing them, so invalidations are
+//!   a complete change log of the guest's second-stage tables);
+//! - *blocked* (no valid context, nested tables, or first-stage tables a
+//!   host without nesting cannot follow): the shadow space, emptied.
 
 use std::sync::Arc;
 
@@ -20,7 +24,7 @@ use log::{info, warn};
 use super::address_mask::MaskedRange;
 use super::second_stage::SlTable;
 use super::translation::DeviceDomain;
-use crate::host::{HostAttachment, HostIommu};
+use crate::host::{HostAttachment, HostIommu, HostIommuError, Stage1Invalidation};
 use crate::shadow::{ShadowSpace, SyncStats};
 use crate::GuestMemoryMmap;
 
@@ -76,6 +80,9 @@ pub(super) struct HostSyncStats {
     pub map_calls: u64,
     pub unmap_calls: u64,
     pub errors: u64,
+    pub nested_attaches: u64,
+    pub stage1_batches: u64,
+    pub stage1_invalidations: u64,
 }
 
 impl HostSyncStats {
@@ -91,6 +98,21 @@ pub enum PassthroughMode {
     Bypass,
     Shadow,
     Blocked,
+    Nested,
+}
+
+impl PassthroughMode {
+    /// How many modes there are (for per-mode counters).
+    pub const COUNT: usize = 4;
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PassthroughMode::Bypass => "bypass",
+            PassthroughMode::Shadow => "shadow",
+            PassthroughMode::Blocked => "blocked",
+            PassthroughMode::Nested => "nested",
+        }
+    }
 }
 
 /// One passthrough endpoint and the host state that follows the guest.
@@ -101,8 +123,9 @@ pub(super) struct HostEndpoint {
     /// re-walk).
     table: Option<(u16, SlTable)>,
     pub mode: Option<PassthroughMode>,
-    /// How often the endpoint entered each mode (bypass, shadow, blocked).
-    pub entered: [u64; 3],
+    /// How often the endpoint entered each mode (by `PassthroughMode as
+    /// usize`).
+    pub entered: [u64; PassthroughMode::COUNT],
     /// Where the host has the device (None: unknown, after an error).
     attached: Option<HostAttachment>,
     warned_first_stage: bool,
@@ -115,7 +138,7 @@ impl HostEndpoint {
             shadow: ShadowSpace::new(),
             table: None,
             mode: None,
-            entered: [0; 3],
+            entered: [0; PassthroughMode::COUNT],
             attached: None,
             warned_first_stage: false,
         }
@@ -135,11 +158,7 @@ impl HostEndpoint {
             info!(
                 "passthrough {:04x}: {} path",
                 self.host.requester_id(),
-                match mode {
-                    PassthroughMode::Bypass => "bypass",
-                    PassthroughMode::Shadow => "shadow",
-                    PassthroughMode::Blocked => "blocked",
-                }
+                mode.name()
             );
             self.mode = Some(mode);
             self.entered[mode as usize] += 1;
@@ -160,11 +179,33 @@ impl HostEndpoint {
                 self.set_mode(PassthroughMode::Bypass);
                 self.attach(HostAttachment::Bypass)
             }),
-            DeviceDomain::Blocked | DeviceDomain::FirstStage { .. } => {
-                if matches!(domain, DeviceDomain::FirstStage { .. }) && !self.warned_first_stage {
+            DeviceDomain::FirstStage { did, table } if self.host.capabilities().nesting => {
+                self.leave_shadow(&mut stats).and_then(|_| {
+                    let to = HostAttachment::Nested(table);
+                    self.set_mode(PassthroughMode::Nested);
+                    if self.attached == Some(to) {
+                        // The same table: what the guest changed in it is
+                        // in the batch.
+                        self.forward_stage1(did, dirty, &mut stats)
+                    } else {
+                        // A freshly installed table has nothing cached.
+                        stats.nested_attaches += 1;
+                        self.attach(to)
+                    }
+                })
+            }
+            DeviceDomain::Blocked
+            | DeviceDomain::FirstStage { .. }
+            | DeviceDomain::Nested { .. } => {
+                if !matches!(domain, DeviceDomain::Blocked) && !self.warned_first_stage {
                     warn!(
-                        "passthrough {rid:04x}: the guest uses first-stage tables, which this \
-                         host cannot nest; DMA blocked"
+                        "passthrough {rid:04x}: the guest uses {} tables, which this host \
+                         cannot nest; DMA blocked",
+                        if matches!(domain, DeviceDomain::Nested { .. }) {
+                            "nested"
+                        } else {
+                            "first-stage"
+                        }
                     );
                     self.warned_first_stage = true;
                 }
@@ -211,6 +252,33 @@ impl HostEndpoint {
         stats
     }
 
+    /// Forwards what the batch invalidated in domain `did` to the nested
+    /// table, as one host call.
+    fn forward_stage1(
+        &mut self,
+        did: u16,
+        dirty: &HostDirty,
+        stats: &mut HostSyncStats,
+    ) -> Result<(), HostIommuError> {
+        let batch = stage1_batch(did, dirty);
+        if batch.is_empty() {
+            return Ok(());
+        }
+        stats.stage1_batches += 1;
+        stats.stage1_invalidations += batch.len() as u64;
+        let done = self.host.invalidate_stage1(&batch)?;
+        if done < batch.len() {
+            // The host stopped part-way: what it did not take may still be
+            // cached, so the next batch starts over with everything.
+            self.attached = None;
+            return Err(HostIommuError::Host {
+                op: "stage-1 invalidation",
+                reason: format!("the host took {done} of {} entries", batch.len()),
+            });
+        }
+        Ok(())
+    }
+
     fn leave_shadow(
         &mut self,
         stats: &mut HostSyncStats,
@@ -236,6 +304,36 @@ impl HostEndpoint {
         stats.add(&r);
         Ok(())
     }
+}
+
+/// The stage-1 invalidations of domain `did` in `dirty`, in the order the
+/// guest queued them; everything when the batch says so or when the list
+/// would say no less.
+pub(super) fn stage1_batch(did: u16, dirty: &HostDirty) -> Vec<Stage1Invalidation> {
+    if dirty.all {
+        return vec![Stage1Invalidation::ALL];
+    }
+    let mut out = Vec::new();
+    for &(d, start, end) in &dirty.ranges {
+        if d.is_some_and(|d| d != did) || start >= end {
+            continue;
+        }
+        let addr = start & !0xfff;
+        let npages = (end - addr).div_ceil(4096);
+        // The host's end address (addr + npages * 4 KiB - 1) must not wrap.
+        // The host computes the last byte as addr + npages * 4 KiB - 1,
+        // which must fit in 64 bits (it does, wrapping only to exactly
+        // 2^64 when `end` is the top).
+        if npages >= 1 << 52 || (addr == 0 && end == u64::MAX) {
+            return vec![Stage1Invalidation::ALL];
+        }
+        out.push(Stage1Invalidation {
+            addr,
+            npages,
+            leaf: false,
+        });
+    }
+    out
 }
 
 /// One past the highest IOVA the table can translate.

@@ -2279,6 +2279,7 @@ mod passthrough {
     use super::*;
     use crate::host::{
         HostAttachment, HostCapabilities, HostIommu, HostIommuError, HostMapping, HostPerm,
+        Stage1Invalidation, Stage1Table,
     };
     use crate::intel::PassthroughMode;
 
@@ -2287,12 +2288,14 @@ mod passthrough {
         Attach(HostAttachment),
         Map(u64, u64, u64, HostPerm),
         Unmap(u64, u64),
+        Invalidate(Vec<Stage1Invalidation>),
     }
 
     /// Records what the unit asks of the host.
     #[derive(Default)]
     struct FakeHost {
         calls: Mutex<Vec<Call>>,
+        nesting: bool,
     }
 
     impl FakeHost {
@@ -2306,11 +2309,21 @@ mod passthrough {
             SID
         }
         fn capabilities(&self) -> HostCapabilities {
-            HostCapabilities::default()
+            HostCapabilities {
+                nesting: self.nesting,
+                ..Default::default()
+            }
         }
         fn attach(&self, to: HostAttachment) -> Result<(), HostIommuError> {
             self.calls.lock().unwrap().push(Call::Attach(to));
             Ok(())
+        }
+        fn invalidate_stage1(&self, b: &[Stage1Invalidation]) -> Result<usize, HostIommuError> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(Call::Invalidate(b.to_vec()));
+            Ok(b.len())
         }
         fn shadow_map(&self, m: &[HostMapping]) -> Result<(), HostIommuError> {
             let mut c = self.calls.lock().unwrap();
@@ -2513,5 +2526,111 @@ mod passthrough {
         r.u.add_host_endpoint(host.clone());
         assert_eq!(mode(&r), Some(PassthroughMode::Blocked));
         assert_eq!(host.take(), vec![Call::Attach(HostAttachment::Shadow)]);
+    }
+
+    fn fs(pgtbl_addr: u64, addr_width: u8, sre: bool) -> HostAttachment {
+        HostAttachment::Nested(Stage1Table::VtdFirstStage {
+            pgtbl_addr,
+            addr_width,
+            sre,
+            wpe: false,
+        })
+    }
+
+    fn inv(addr: u64, npages: u64) -> Stage1Invalidation {
+        Stage1Invalidation {
+            addr,
+            npages,
+            leaf: false,
+        }
+    }
+
+    #[test]
+    fn first_stage_tables_are_nested_on_a_host_that_nests() {
+        let (r, fl) = fs_rig();
+        let host = Arc::new(FakeHost {
+            nesting: true,
+            ..Default::default()
+        });
+        r.u.add_host_endpoint(host.clone());
+        // The guest's table, as the PASID entry says: no map calls.
+        assert_eq!(host.take(), vec![Call::Attach(fs(fl, 48, true))]);
+        assert_eq!(mode(&r), Some(PassthroughMode::Nested));
+
+        // Everything queued up to the wait is one host call, in order;
+        // other domains' invalidations are not the device's.
+        r.qi_enable(false);
+        r.submit(&[
+            d_piotlb(3, DID, 0, 0x5000, 0),
+            d_piotlb(3, DID + 1, 0, 0x9000, 0),
+            d_piotlb(3, DID, 0, 0x10_0000, 4),
+            d_iotlb(3, DID, 0x20_0000, 9),
+            d_wait(false, Some((STATUS, 1))),
+        ]);
+        assert_eq!(
+            host.take(),
+            vec![Call::Invalidate(vec![
+                inv(0x5000, 1),
+                inv(0x10_0000, 16),
+                inv(0x20_0000, 512),
+            ])]
+        );
+        // A PASID-selective one is the whole table.
+        r.submit(&[d_piotlb(2, DID, 0, 0, 0), d_wait(false, Some((STATUS, 1)))]);
+        assert_eq!(
+            host.take(),
+            vec![Call::Invalidate(vec![Stage1Invalidation::ALL])]
+        );
+        // An AM past the address space too (no end that wraps).
+        r.submit(&[d_piotlb(3, DID, 0, 0, 60), d_wait(false, Some((STATUS, 1)))]);
+        assert_eq!(
+            host.take(),
+            vec![Call::Invalidate(vec![Stage1Invalidation::ALL])]
+        );
+        // A batch with nothing for the domain makes no call.
+        r.submit(&[
+            d_piotlb(3, DID + 1, 0, 0, 0),
+            d_wait(false, Some((STATUS, 1))),
+        ]);
+        assert_eq!(host.take(), vec![]);
+
+        // A new table (PASID cache invalidated): a new nested table; 5
+        // levels give a 57-bit input.
+        let fl5 = r.alloc();
+        r.pasid_entry(0, pe_first(fl5, 5, false, false));
+        r.submit(&[d_pc(1, DID, 0), d_wait(false, Some((STATUS, 1)))]);
+        assert_eq!(host.take(), vec![Call::Attach(fs(fl5, 57, false))]);
+        assert_eq!(r.u.counters.host_nested_attaches.load(Relaxed), 2);
+
+        // Second-stage tables are still shadowed (caching mode).
+        let sl = r.alloc();
+        r.map_sl(sl, 4, 0x5000, DATA, R | W);
+        r.pasid_entry(0, pe_second(sl, 4));
+        r.submit(&[d_pc(1, DID, 0), d_wait(false, Some((STATUS, 1)))]);
+        assert_eq!(
+            host.take(),
+            vec![
+                Call::Map(0x5000, DATA, 0x1000, HostPerm::RW),
+                Call::Attach(HostAttachment::Shadow)
+            ]
+        );
+        assert_eq!(mode(&r), Some(PassthroughMode::Shadow));
+
+        // Back to first stage: the shadow empties first.
+        r.pasid_entry(0, pe_first(fl, 4, true, false));
+        r.submit(&[d_pc(1, DID, 0), d_wait(false, Some((STATUS, 1)))]);
+        assert_eq!(
+            host.take(),
+            vec![Call::Unmap(0x5000, 0x1000), Call::Attach(fs(fl, 48, true))]
+        );
+        assert_eq!(r.u.shadow_live_bytes(), 0);
+
+        // Nested tables from the guest cannot be nested again: blocked.
+        r.pasid_entry(0, pe_nested(fl, 4, sl, 4));
+        r.submit(&[d_pc(1, DID, 0), d_wait(false, Some((STATUS, 1)))]);
+        assert_eq!(host.take(), vec![Call::Attach(HostAttachment::Shadow)]);
+        assert_eq!(mode(&r), Some(PassthroughMode::Blocked));
+        assert_eq!(r.u.counters.host_errors.load(Relaxed), 0);
+        assert_eq!(r.u.counters.host_stage1_batches.load(Relaxed), 3);
     }
 }

@@ -9,6 +9,7 @@ use super::iotlb::{CachedContext, Caches, NO_PASID};
 use super::pasid::{self, PasidCaps, PasidError, Pgtt};
 use super::root_table::{self, EntryError};
 use super::second_stage::{self, Leaf, SlError, SlTable};
+use crate::host::Stage1Table;
 use crate::GuestMemoryMmap;
 
 /// One DMA request as the unit sees it.
@@ -411,9 +412,13 @@ pub enum DeviceDomain {
     /// The guest's second-stage table, which a host without nesting can
     /// shadow (domain `did`).
     SecondStage { did: u16, table: SlTable },
-    /// First-stage or nested tables for RID_PASID: a host without nesting
-    /// cannot follow them (no invalidation announces a first-stage map).
-    FirstStage { did: u16 },
+    /// First-stage tables for RID_PASID: a host with nesting installs them
+    /// as a nested table; a host without cannot follow them (no
+    /// invalidation announces a first-stage map).
+    FirstStage { did: u16, table: Stage1Table },
+    /// Nested tables for RID_PASID (the guest is a hypervisor itself): no
+    /// host here nests a third stage.
+    Nested { did: u16 },
     /// No valid root, context or PASID entry: every request faults.
     Blocked,
 }
@@ -474,6 +479,15 @@ pub fn device_domain(
             did: pe.did,
             table: sl_table(c, slptptr, levels),
         },
-        Pgtt::FirstStage { .. } | Pgtt::Nested { .. } => DeviceDomain::FirstStage { did: pe.did },
+        Pgtt::FirstStage { levels, flptptr } => DeviceDomain::FirstStage {
+            did: pe.did,
+            table: Stage1Table::VtdFirstStage {
+                pgtbl_addr: flptptr,
+                addr_width: if levels == 5 { 57 } else { 48 },
+                sre: pe.sre,
+                wpe: pe.wpe,
+            },
+        },
+        Pgtt::Nested { .. } => DeviceDomain::Nested { did: pe.did },
     }
 }

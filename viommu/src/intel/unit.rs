@@ -537,7 +537,9 @@ impl IntelIommu {
 
     /// The path each passthrough endpoint is on, by requester ID, and how
     /// often it entered each path (indexed by `PassthroughMode as usize`).
-    pub fn passthrough_modes(&self) -> Vec<(u16, Option<PassthroughMode>, [u64; 3])> {
+    pub fn passthrough_modes(
+        &self,
+    ) -> Vec<(u16, Option<PassthroughMode>, [u64; PassthroughMode::COUNT])> {
         let st = self.lock();
         st.hosts
             .iter()
@@ -584,6 +586,15 @@ impl IntelIommu {
                 .host_unmap_calls
                 .fetch_add(stats.unmap_calls, Relaxed);
             self.counters.host_errors.fetch_add(stats.errors, Relaxed);
+            self.counters
+                .host_nested_attaches
+                .fetch_add(stats.nested_attaches, Relaxed);
+            self.counters
+                .host_stage1_batches
+                .fetch_add(stats.stage1_batches, Relaxed);
+            self.counters
+                .host_stage1_invalidations
+                .fetch_add(stats.stage1_invalidations, Relaxed);
         }
     }
 
