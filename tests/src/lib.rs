@@ -510,3 +510,49 @@ pub fn guest_module(scratch: &Path, dir: &str) -> PathBuf {
     assert_eq!(kos.len(), 1, "expected one .ko in {}", build.display());
     kos[0].clone()
 }
+
+/// The shared libraries `binary` loads (from ldd), to copy beside it.
+fn shared_libraries(binary: &Path) -> Vec<PathBuf> {
+    let out = Command::new("ldd").arg(binary).output().expect("run ldd");
+    assert!(out.status.success(), "ldd {}", binary.display());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)" or
+            // "/lib64/ld-linux-x86-64.so.2 (0x…)"
+            let path = l.split("=>").last()?.split_whitespace().next()?;
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect()
+}
+
+/// The initramfs of a guest that runs the VMM itself (the 7.2 kernel of
+/// [`l1_kernel_dir`] as a guest of the VMM): `script` as init, the vmm
+/// binary (stripped: the initramfs holds it in RAM) at /bin/vmm with its
+/// shared libraries, /bin/vfio-bind, and the innermost guest's kernel and
+/// initramfs at /l3/vmlinuz and /l3/initrd.cpio.gz.
+pub fn self_hosted_initramfs(scratch: &Path, script: &str, l3_initrd: &Path) -> PathBuf {
+    let inner = scratch.join("vmm");
+    let status = Command::new("objcopy")
+        .arg("--strip-all")
+        .arg(vmm_binary())
+        .arg(&inner)
+        .status()
+        .expect("run objcopy");
+    assert!(status.success(), "objcopy --strip-all");
+    let mut files: Vec<(PathBuf, String)> = vec![
+        (inner.clone(), "/bin/vmm".into()),
+        (
+            repo_root().join("tests/guest/vfio-bind.sh"),
+            "/bin/vfio-bind".into(),
+        ),
+        (guest_kernel(), "/l3/vmlinuz".into()),
+        (l3_initrd.to_path_buf(), "/l3/initrd.cpio.gz".into()),
+    ];
+    for lib in shared_libraries(&inner) {
+        let dst = lib.display().to_string();
+        files.push((lib, dst));
+    }
+    let files: Vec<(PathBuf, &str)> = files.iter().map(|(s, d)| (s.clone(), d.as_str())).collect();
+    initramfs_with(scratch, script, &[], &files)
+}

@@ -15,28 +15,10 @@
 //!   first-stage table as a nested HWPT and forwards its invalidations:
 //!   no map ioctls for guest mappings at all.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
 use guest_tests::*;
 
 const DISK_SIZE: u64 = 32 << 20;
 const ROUND_TRIP: u64 = 8 << 20;
-
-/// The shared libraries `binary` loads (from ldd), to copy beside it.
-fn shared_libraries(binary: &Path) -> Vec<PathBuf> {
-    let out = Command::new("ldd").arg(binary).output().expect("run ldd");
-    assert!(out.status.success(), "ldd {}", binary.display());
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)" or
-            // "/lib64/ld-linux-x86-64.so.2 (0x…)"
-            let path = l.split("=>").last()?.split_whitespace().next()?;
-            path.starts_with('/').then(|| PathBuf::from(path))
-        })
-        .collect()
-}
 
 /// Boots the loop with the outer and inner `--viommu` options; asserts the
 /// round trip and returns the run and the inner passthrough counters line.
@@ -45,31 +27,8 @@ fn self_hosted(name: &str, outer_viommu: &str, inner_viommu: &str) -> (L1Run, St
     let dir = scratch(name);
     let disk = dir.join("disk.img");
     disk_image(&disk, DISK_SIZE);
-    // The inner VMM (stripped: the guest's initramfs holds it in RAM).
-    let inner = dir.join("vmm");
-    let status = Command::new("objcopy")
-        .arg("--strip-all")
-        .arg(vmm_binary())
-        .arg(&inner)
-        .status()
-        .expect("run objcopy");
-    assert!(status.success(), "objcopy --strip-all");
     let l3_initrd = initramfs(&dir, "l3-round-trip.sh", &["virtio_blk"]);
-    let mut files: Vec<(PathBuf, String)> = vec![
-        (inner.clone(), "/bin/vmm".into()),
-        (
-            repo_root().join("tests/guest/vfio-bind.sh"),
-            "/bin/vfio-bind".into(),
-        ),
-        (guest_kernel(), "/l3/vmlinuz".into()),
-        (l3_initrd, "/l3/initrd.cpio.gz".into()),
-    ];
-    for lib in shared_libraries(&inner) {
-        let dst = lib.display().to_string();
-        files.push((lib, dst));
-    }
-    let files: Vec<(PathBuf, &str)> = files.iter().map(|(s, d)| (s.clone(), d.as_str())).collect();
-    let initrd = initramfs_with(&dir, "self-hosted.sh", &[], &files);
+    let initrd = self_hosted_initramfs(&dir, "self-hosted.sh", &l3_initrd);
     let mut args = VmmArgs::new(initrd);
     args.memory = "2G";
     args.cpus = 2;

@@ -12,6 +12,7 @@ use devices::vfio::{open_device, VfioDevice};
 use log::info;
 use viommu::host::HostCapabilities;
 use viommu::host_iommufd::{DeviceAttach, GuestRamIoas};
+use viommu::intel::regs::{CAP_FL1GP, CAP_FL5LP};
 use viommu::intel::VtdConfig;
 use viommu::iommufd::{HwInfo, Iommufd};
 use viommu::GuestMemoryMmap;
@@ -129,31 +130,43 @@ pub fn viommu_config(
     cfg: ViommuConfig,
     passthrough: Option<&Passthrough>,
 ) -> Result<ViommuChoice, VmmError> {
-    let behind: Vec<(String, bool)> = passthrough
+    let behind: Vec<Behind> = passthrough
         .map(|p| {
             p.devices
                 .iter()
                 .filter(|d| d.config.iommu)
-                .map(|d| (d.config.path.display().to_string(), d.nesting))
+                .map(|d| Behind {
+                    path: d.config.path.display().to_string(),
+                    nesting: d.nesting,
+                    host_cap: d.hw_info.vtd.map(|v| v.cap_reg),
+                })
                 .collect()
         })
         .unwrap_or_default();
     choose_viommu(cfg, &behind)
 }
 
-/// [`viommu_config`] over (path, host can nest) of each device behind the
-/// vIOMMU.
-fn choose_viommu(cfg: ViommuConfig, behind: &[(String, bool)]) -> Result<ViommuChoice, VmmError> {
+/// A passthrough device behind the vIOMMU, as far as the choice goes.
+struct Behind {
+    path: String,
+    /// The host can nest for it.
+    nesting: bool,
+    /// The host VT-d unit's Capability Register (IOMMU_GET_HW_INFO).
+    host_cap: Option<u64>,
+}
+
+/// [`viommu_config`] over the devices behind the vIOMMU.
+fn choose_viommu(cfg: ViommuConfig, behind: &[Behind]) -> Result<ViommuChoice, VmmError> {
     let mut vtd = cfg.vtd;
     if behind.is_empty() {
         return Ok(ViommuChoice { vtd, nested: false });
     }
-    let all_nest = behind.iter().all(|(_, nest)| *nest);
+    let all_nest = behind.iter().all(|b| b.nesting);
     if cfg.nested == Nesting::On && !all_nest {
         let path = behind
             .iter()
-            .find(|(_, nest)| !nest)
-            .map(|(p, _)| p.as_str())
+            .find(|b| !b.nesting)
+            .map(|b| b.path.as_str())
             .unwrap_or_default();
         return Err(VmmError::Input(format!(
             "--viommu nested=on: the host IOMMU cannot nest translations for {path} \
@@ -179,6 +192,14 @@ fn choose_viommu(cfg: ViommuConfig, behind: &[(String, bool)]) -> Result<ViommuC
         } else {
             if cfg.caching_mode_given != Some(false) {
                 vtd.caching_mode = true;
+            }
+            // The host walks the guest's first-stage tables: offer only the
+            // formats every host unit walks (first-stage 1 GiB pages,
+            // 5-level tables).
+            for b in behind {
+                let cap = b.host_cap.unwrap_or(0);
+                vtd.fl1gp &= cap & CAP_FL1GP != 0;
+                vtd.fl5lp &= cap & CAP_FL5LP != 0;
             }
             info!(
                 "vIOMMU: nested path for passthrough devices (guest first-stage tables as \
@@ -237,9 +258,25 @@ mod tests {
     use super::*;
     use crate::config::parse_viommu;
 
-    fn choose_path(spec: &str, behind: &[(&str, bool)]) -> Result<ViommuChoice, String> {
-        let behind: Vec<(String, bool)> = behind.iter().map(|(p, n)| (p.to_string(), *n)).collect();
+    /// A host unit with both first-stage formats.
+    const HOST_CAP: u64 = CAP_FL1GP | CAP_FL5LP;
+
+    fn choose_with(spec: &str, behind: &[(&str, bool, u64)]) -> Result<ViommuChoice, String> {
+        let behind: Vec<Behind> = behind
+            .iter()
+            .map(|&(p, nesting, cap)| Behind {
+                path: p.to_string(),
+                nesting,
+                host_cap: Some(cap),
+            })
+            .collect();
         choose_viommu(parse_viommu(spec).unwrap(), &behind).map_err(|e| e.to_string())
+    }
+
+    fn choose_path(spec: &str, behind: &[(&str, bool)]) -> Result<ViommuChoice, String> {
+        let behind: Vec<(&str, bool, u64)> =
+            behind.iter().map(|&(p, n)| (p, n, HOST_CAP)).collect();
+        choose_with(spec, &behind)
     }
 
     fn choose(spec: &str, behind: &[(&str, bool)]) -> Result<VtdConfig, String> {
@@ -308,5 +345,21 @@ mod tests {
         assert!(!c.nested);
         let e = choose("intel,offer-nesting=on", &[("/dev/x", true)]).unwrap_err();
         assert!(e.contains("third stage"), "{e}");
+    }
+
+    #[test]
+    fn nested_first_stage_formats_are_what_every_host_walks() {
+        let c = choose_path("intel,aw-bits=57", &[("/dev/x", true)]).unwrap();
+        assert!(c.vtd.fl1gp && c.vtd.fl5lp);
+        let c = choose_with(
+            "intel,aw-bits=57",
+            &[("/dev/x", true, HOST_CAP), ("/dev/y", true, CAP_FL1GP)],
+        )
+        .unwrap();
+        assert!(c.nested && c.vtd.fl1gp && !c.vtd.fl5lp);
+        let f = c.vtd.features();
+        assert_eq!(f.cap() & (CAP_FL1GP | CAP_FL5LP), CAP_FL1GP);
+        let c = choose_with("intel", &[("/dev/x", true, 0)]).unwrap();
+        assert!(!c.vtd.fl1gp && !c.vtd.fl5lp);
     }
 }

@@ -212,6 +212,10 @@ pub fn run_counted(data: &[u8]) -> Option<Box<super::Counters>> {
             0
         },
         offer_nesting: scalable && flags & 0x82 == 0x82,
+        // The second 48-bit choice: a first stage limited as a host
+        // without FL1GP/FL5LP limits it.
+        fl1gp: flags >> 4 & 3 != 3,
+        fl5lp: flags >> 4 & 3 != 3,
     };
     // Zeroed memory, reused across runs (see `PooledMemory`).
     let mem = super::fuzz_rig::PooledMemory::new(MEM_SIZE)?;

@@ -203,6 +203,10 @@ impl<'a> Input<'a> {
             aw_bits: [39, 48, 57, 48][usize::from(flags >> 4) & 3],
             pasid_bits: if scalable && flags & 0x40 != 0 { 8 } else { 0 },
             offer_nesting: scalable && flags & 0x82 == 0x82,
+            // The second 48-bit choice: a first stage limited as a host
+            // without FL1GP/FL5LP limits it.
+            fl1gp: flags >> 4 & 3 != 3,
+            fl5lp: flags >> 4 & 3 != 3,
         }
     }
 }

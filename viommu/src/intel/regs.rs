@@ -77,6 +77,10 @@ pub const CTL_IP: u32 = 1 << 30;
 
 pub const RTADDR_TTM_SHIFT: u64 = 10;
 pub const CCMD_ICC: u64 = 1 << 63;
+/// CAP.FL1GP: first-stage 1 GiB pages (§11.4.2).
+pub const CAP_FL1GP: u64 = 1 << 56;
+/// CAP.FL5LP: 5-level first-stage tables.
+pub const CAP_FL5LP: u64 = 1 << 60;
 pub const IOTLB_IVT: u64 = 1 << 63;
 pub const ICS_IWC: u32 = 1;
 pub const PRS_PPR: u32 = 1;
@@ -95,6 +99,10 @@ pub struct Features {
     pub page_requests: bool,
     /// Nested translation offered (`offer-nesting=on`).
     pub nesting: bool,
+    /// First-stage 1 GiB pages and 5-level tables (only with the first
+    /// stage).
+    pub fl1gp: bool,
+    pub fl5lp: bool,
 }
 
 impl Features {
@@ -121,12 +129,14 @@ impl Features {
         cap |= ((NUM_FAULT_RECORDS as u64) - 1) << 40; // NFR
         cap |= 18u64 << 48; // MAMV
         cap |= 1 << 54 | 1 << 55; // DWD, DRD
-        if self.scalable && self.first_stage {
-            // First-stage 1 GiB pages and 5-level tables: the first stage
-            // uses the CPU's paging formats, and SVA needs them whenever
-            // the guest CPU has them (Linux disables SVM otherwise).
-            cap |= 1 << 56; // FL1GP
-            cap |= 1 << 60; // FL5LP
+                                  // First-stage 1 GiB pages and 5-level tables: the first stage
+                                  // uses the CPU's paging formats, and SVA needs them whenever the
+                                  // guest CPU has them (Linux disables SVM otherwise).
+        if self.scalable && self.fl1gp {
+            cap |= CAP_FL1GP;
+        }
+        if self.scalable && self.fl5lp {
+            cap |= CAP_FL5LP;
         }
         cap
     }
@@ -303,6 +313,8 @@ mod tests {
             device_tlb: false,
             page_requests: false,
             nesting: false,
+            fl1gp: true,
+            fl5lp: true,
         }
     }
 

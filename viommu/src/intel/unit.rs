@@ -51,6 +51,12 @@ pub struct VtdConfig {
     /// itself a hypervisor may then put its guests' first-stage tables
     /// over its own second stage (PASID entries with PGTT = 011b).
     pub offer_nesting: bool,
+    /// First-stage 1 GiB pages (CAP.FL1GP) and 5-level first-stage tables
+    /// (CAP.FL5LP), when the first stage is on. A vIOMMU whose first-stage
+    /// tables a host IOMMU walks (the nested path) offers them only where
+    /// the host has them.
+    pub fl1gp: bool,
+    pub fl5lp: bool,
 }
 
 impl Default for VtdConfig {
@@ -63,6 +69,8 @@ impl Default for VtdConfig {
             aw_bits: 48,
             pasid_bits: 0,
             offer_nesting: false,
+            fl1gp: true,
+            fl5lp: true,
         }
     }
 }
@@ -117,6 +125,8 @@ impl VtdConfig {
             device_tlb: self.pasid_bits > 0,
             page_requests: self.pasid_bits > 0,
             nesting: self.offer_nesting,
+            fl1gp: self.first_stage && self.fl1gp,
+            fl5lp: self.first_stage && self.fl5lp,
         }
     }
 }
@@ -443,9 +453,9 @@ impl IntelIommu {
             pass_through: true,
             device_tlb: f.device_tlb,
             first_stage: f.first_stage,
-            five_level_fs: f.first_stage,
+            five_level_fs: f.fl5lp,
             nested: f.nesting,
-            fl_1g: f.first_stage,
+            fl_1g: f.fl1gp,
             rid_pasid_supported: false,
         }
     }
