@@ -87,6 +87,15 @@ pub enum Stage1Table {
     },
 }
 
+impl Stage1Table {
+    /// What the guest's architecture calls such tables, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Stage1Table::VtdFirstStage { .. } => "first-stage",
+        }
+    }
+}
+
 /// One guest invalidation of a nested stage-1 table, forwarded to the
 /// host in a batch (the host flushes its IOTLB and device TLBs for it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -6,11 +6,13 @@
 //! implementation, without any device having to change.
 
 pub mod dma;
+pub mod guest_table;
 pub mod host;
 pub mod host_iommufd;
 pub mod intel;
 pub mod iommufd;
 pub mod pasid_cap;
+pub mod passthrough;
 pub mod shadow;
 
 pub use dma::{

@@ -1,11 +1,14 @@
 //! The shadow address space: the host IOMMU's view of a passthrough
-//! endpoint kept equal to the guest's second-stage tables, for hosts that
-//! cannot nest the guest's tables under their own.
+//! endpoint kept equal to the guest's tables (VT-d second-stage tables
+//! today), for hosts that cannot nest the guest's tables under their own.
+//! The engine knows tables only through [`ShadowTable`], so every IOMMU
+//! model shares it.
 //!
-//! The emulated unit reports Caching Mode (CAP.CM, VT-d spec §6.1), so the
-//! guest invalidates after making an entry present as well as after
-//! removing one. At each invalidation the unit re-reads the guest's tables
-//! over the invalidated range ([`second_stage::for_each_leaf`]) and calls
+//! The emulated unit makes the guest report maps as well as unmaps (VT-d:
+//! Caching Mode, CAP.CM, spec §6.1), so the guest invalidates after making
+//! an entry present as well as after removing one. At each invalidation the
+//! unit re-reads the guest's tables over the invalidated range
+//! ([`ShadowTable::for_each_leaf`]) and calls
 //! [`ShadowSpace::sync_range`] (or [`ShadowSpace::sync_from_tables`], which
 //! does both), which makes that range of the host space equal to the
 //! tables with as few host calls as it can.
@@ -57,8 +60,8 @@ use std::collections::BTreeMap;
 
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
+use crate::guest_table::{LeafRange, LeafScanError, ShadowTable};
 use crate::host::{HostIommu, HostIommuError, HostMapping, HostPerm};
-use crate::intel::second_stage::{self, LeafRange, LeafScanError, SlTable};
 use crate::GuestMemoryMmap;
 
 /// Default for [`ShadowSpace::walk_budget`]: 2^26 entries, enough for
@@ -66,7 +69,7 @@ use crate::GuestMemoryMmap;
 /// reading at worst.
 pub const DEFAULT_WALK_BUDGET: u64 = 1 << 26;
 
-/// Second-stage entries one window of [`ShadowSpace::sync_from_tables`]
+/// Table entries one window of [`ShadowSpace::sync_from_tables`]
 /// reads: each entry gives at most one leaf, so a window holds at most
 /// this many leaves (a few MiB of mappings) before they reach the host.
 pub const WALK_WINDOW: u64 = 1 << 16;
@@ -92,7 +95,7 @@ pub struct SyncStats {
     pub over_limit_runs: u64,
     /// Input mappings dropped as malformed (out of order or overlapping).
     pub rejected: u64,
-    /// Second-stage entries read by [`ShadowSpace::sync_from_tables`].
+    /// Table entries read by [`ShadowSpace::sync_from_tables`].
     pub entries_read: u64,
     /// Walks that ran out of budget; the rest of their range was emptied.
     pub truncated_walks: u64,
@@ -177,7 +180,7 @@ impl ShadowSpace {
         }
     }
 
-    /// Second-stage entries one [`Self::sync_from_tables`] may read.
+    /// Table entries one [`Self::sync_from_tables`] may read.
     pub fn walk_budget(&self) -> u64 {
         self.walk_budget
     }
@@ -207,15 +210,16 @@ impl ShadowSpace {
         self.totals
     }
 
-    /// Re-reads the guest's second-stage table `t` over `[start, end)` and
-    /// makes the host space equal to it there (one guest invalidation).
+    /// Re-reads the guest's table `t` (a second stage for VT-d) over
+    /// `[start, end)` and makes the host space equal to it there (one guest
+    /// invalidation).
     ///
     /// Leaves are coalesced with [`Coalescer`] (so runs never cross a RAM
     /// region boundary and non-RAM parts are dropped). If the walk runs out
     /// of budget, the part of the range it did not reach is emptied: its
     /// contents are unknown, and a stale mapping would let the device reach
-    /// memory the guest may have unmapped (§6.5: after an invalidation the
-    /// hardware must not use what the guest removed).
+    /// memory the guest may have unmapped (VT-d spec §6.5: after an
+    /// invalidation the hardware must not use what the guest removed).
     ///
     /// The range is synced window by window, each window what a walk of at
     /// most [`WALK_WINDOW`] entries reached, so the leaves held at once are
@@ -226,7 +230,7 @@ impl ShadowSpace {
         &mut self,
         host: &dyn HostIommu,
         mem: &GuestMemoryMmap,
-        t: &SlTable,
+        t: &dyn ShadowTable,
         start: u64,
         end: u64,
     ) -> Result<SyncStats, HostIommuError> {
@@ -238,8 +242,7 @@ impl ShadowSpace {
         while cursor < end {
             let mut co = Coalescer::new(mem);
             let chunk = budget.min(self.window);
-            let scan =
-                second_stage::for_each_leaf(mem, t, cursor, end, chunk, &mut |l| co.push(&l));
+            let scan = t.for_each_leaf(mem, cursor, end, chunk, &mut |l| co.push(&l));
             let (desired, cstats) = co.finish();
             pre.not_ram_runs += cstats.not_ram_runs;
             pre.not_ram_bytes = pre.not_ram_bytes.saturating_add(cstats.not_ram_bytes);
@@ -694,7 +697,7 @@ pub struct CoalesceStats {
     pub not_ram_bytes: u64,
 }
 
-/// Turns second-stage leaves (in ascending IOVA order) into host mappings:
+/// Turns table leaves (in ascending IOVA order) into host mappings:
 /// leaves contiguous in IOVA and guest-physical address with the same
 /// rights become one mapping, except across a boundary between RAM regions
 /// (each region is its own host mapping of guest memory, so the backend

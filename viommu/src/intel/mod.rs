@@ -28,15 +28,15 @@ pub mod invalidation_queue;
 pub mod iotlb;
 mod page_request_queue;
 pub mod pasid;
-pub mod passthrough;
+mod passthrough;
 pub mod regs;
 pub mod root_table;
 pub mod second_stage;
 pub mod translation;
 mod unit;
 
+pub use crate::passthrough::PassthroughMode;
 pub use counters::Counters;
-pub use passthrough::PassthroughMode;
 pub use regs::Features;
 pub use unit::{IntelIommu, InterruptSink, VtdConfig, VtdConfigError, HOST_ADDRESS_WIDTH};
 #[cfg(test)]

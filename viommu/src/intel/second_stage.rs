@@ -4,7 +4,12 @@
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, VolatileMemory};
 
 use super::root_table::haw_mask;
+use crate::guest_table::ShadowTable;
 use crate::GuestMemoryMmap;
+
+// The leaves and scan results are the shadow engine's, shared by every
+// architecture; re-exported so VT-d code names them where it always has.
+pub use crate::guest_table::{LeafRange, LeafScan, LeafScanError};
 
 /// A resolved translation of one page (or large page).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,47 +117,6 @@ pub fn walk(mem: &GuestMemoryMmap, t: &SlTable, iova: u64) -> Result<Leaf, SlErr
     Err(SlError::Reserved)
 }
 
-/// One present leaf found by [`leaves`], clipped to the range scanned.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LeafRange {
-    /// First input address covered (the leaf's page base, or the start of
-    /// the scanned range when that falls inside the page).
-    pub iova: u64,
-    /// Bytes covered: at most the page size.
-    pub len: u64,
-    /// Output (guest-physical) address of `iova`.
-    pub gpa: u64,
-    /// log2 of the size of the page this came from: 12, 21 or 30.
-    pub size_shift: u8,
-    /// Access rights, the AND over all levels as in [`walk`]. At least one
-    /// is set: a leaf that grants nothing is not reported.
-    pub read: bool,
-    pub write: bool,
-}
-
-/// What a scan by [`leaves`] read and skipped.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct LeafScan {
-    /// Entries examined: the cost of the scan, which the budget bounds.
-    pub entries_read: u64,
-    /// Tables entered (the root included).
-    pub tables_visited: u64,
-    /// Entries that could not be read (a table outside guest memory).
-    pub unreadable: u64,
-    /// Present entries [`walk`] would fault on as reserved: output bits
-    /// above HAW, a misaligned large page, or PS where it is not allowed.
-    pub reserved: u64,
-}
-
-#[derive(Clone, Copy, Debug, thiserror::Error, PartialEq, Eq)]
-pub enum LeafScanError {
-    /// The scan read `budget` entries without finishing. The leaves already
-    /// reported cover `[start, resume_at)` completely; nothing at or above
-    /// `resume_at` was looked at.
-    #[error("second-stage scan stopped at {resume_at:#x} after {} entries", scan.entries_read)]
-    BudgetExhausted { resume_at: u64, scan: LeafScan },
-}
-
 /// Collects the present leaves of `t` that intersect `[start, end)`, clipped
 /// to it, in ascending input-address order. See [`for_each_leaf`].
 pub fn leaves(
@@ -221,6 +185,31 @@ pub fn for_each_leaf(
             resume_at,
             scan: scan.stats,
         }),
+    }
+}
+
+/// What the shadow engine walks for a passthrough endpoint on the shadow
+/// path (VT-d spec §6.1: with Caching Mode, the guest's invalidations of
+/// its second-stage tables are a complete change log of them).
+impl ShadowTable for SlTable {
+    fn for_each_leaf(
+        &self,
+        mem: &GuestMemoryMmap,
+        start: u64,
+        end: u64,
+        budget: u64,
+        f: &mut dyn FnMut(LeafRange),
+    ) -> Result<LeafScan, LeafScanError> {
+        for_each_leaf(mem, self, start, end, budget, f)
+    }
+
+    fn input_end(&self) -> u64 {
+        let bits = (12 + 9 * self.levels as u32).min(self.mgaw as u32).min(64);
+        if bits >= 64 {
+            u64::MAX
+        } else {
+            1u64 << bits
+        }
     }
 }
 

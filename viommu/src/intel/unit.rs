@@ -21,10 +21,12 @@ use super::fault::{Fault, FaultLog, Reason};
 use super::interrupt_remap::{self, IrOutcome, IrtConfig, MsiRequest};
 use super::invalidation_queue::Engine;
 use super::iotlb::Caches;
-use super::passthrough::{HostDirty, HostEndpoint, PassthroughMode};
+use super::passthrough::dirty_pages;
 use super::regs::*;
+use super::second_stage::SlTable;
 use super::translation::{self, Request, Resolved, WalkConfig};
 use crate::host::HostIommu;
+use crate::passthrough::{HostDirty, HostEndpoint, PassthroughMode};
 use crate::{
     Access, AtsEndpoint, DmaFault, DmaFence, FenceScope, GuestMemoryMmap, PageRequest, Translate,
     Translation,
@@ -154,7 +156,7 @@ pub(super) struct State {
     /// Messages to endpoints, delivered once the lock is released.
     pub(super) to_endpoints: Vec<(Arc<dyn AtsEndpoint>, EndpointMsg)>,
     /// Passthrough endpoints, whose host IOMMU follows the guest.
-    pub(super) hosts: Vec<HostEndpoint>,
+    pub(super) hosts: Vec<HostEndpoint<SlTable>>,
     /// What the invalidations since the last host sync touched.
     pub(super) host_dirty: HostDirty,
     /// The invalidation queue engine's own state.
@@ -572,7 +574,7 @@ impl IntelIommu {
         match g {
             1 => st.host_dirty.everything(),
             2 => st.host_dirty.domain(did),
-            _ => st.host_dirty.pages(did, addr, am),
+            _ => dirty_pages(&mut st.host_dirty, did, addr, am),
         }
     }
 
@@ -587,7 +589,7 @@ impl IntelIommu {
         let State { hosts, caches, .. } = st;
         for h in hosts.iter_mut() {
             let domain = translation::device_domain(&self.mem, &cfg, caches, h.host.requester_id());
-            let stats = h.sync(&self.mem, domain, &dirty);
+            let stats = h.sync(&self.mem, domain.into(), &dirty);
             self.counters.host_syncs.fetch_add(1, Relaxed);
             self.counters
                 .host_map_calls

@@ -8,9 +8,10 @@ use std::sync::Mutex;
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use super::*;
+use crate::guest_table::LeafRange;
 use crate::host::{HostAttachment, HostCapabilities};
 use crate::intel::second_stage::tests::{put, Builder, Rng};
-use crate::intel::second_stage::LeafRange;
+use crate::intel::second_stage::{self, SlTable};
 
 const KIB4: u64 = 0x1000;
 const MIB2: u64 = 0x20_0000;

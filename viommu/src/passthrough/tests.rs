@@ -1,0 +1,137 @@
+//! The endpoint state machine against a table and a host that only record
+//! what they are asked: no IOMMU architecture involved. The VT-d unit's
+//! use of it is tested in `intel::tests::passthrough`.
+
+use std::cell::RefCell;
+use std::sync::Mutex;
+
+use vm_memory::GuestAddress;
+
+use super::*;
+use crate::guest_table::{LeafRange, LeafScan, LeafScanError};
+use crate::host::{HostCapabilities, HostMapping};
+
+#[test]
+fn ranges_merge() {
+    let mut r = vec![(10, 20), (0, 5), (5, 8), (15, 30), (40, 50)];
+    merge(&mut r);
+    assert_eq!(r, vec![(0, 8), (10, 30), (40, 50)]);
+}
+
+#[test]
+fn dirty_degrades_to_everything() {
+    let mut d = HostDirty::default();
+    for i in 0..5000u64 {
+        d.range(Some(1), i << 12, (i + 1) << 12);
+    }
+    assert!(d.all && d.ranges.is_empty());
+}
+
+/// A table with no leaves that records the ranges it is walked over; two
+/// are the same table iff their `id`s are equal.
+#[derive(Clone, Copy)]
+struct Recorder<'a> {
+    id: u8,
+    walks: &'a RefCell<Vec<(u64, u64)>>,
+}
+
+impl PartialEq for Recorder<'_> {
+    fn eq(&self, o: &Self) -> bool {
+        self.id == o.id
+    }
+}
+
+impl ShadowTable for Recorder<'_> {
+    fn for_each_leaf(
+        &self,
+        _: &GuestMemoryMmap,
+        start: u64,
+        end: u64,
+        _: u64,
+        _: &mut dyn FnMut(LeafRange),
+    ) -> Result<LeafScan, LeafScanError> {
+        self.walks.borrow_mut().push((start, end));
+        Ok(LeafScan::default())
+    }
+
+    fn input_end(&self) -> u64 {
+        1 << 39
+    }
+}
+
+#[derive(Default)]
+struct Host {
+    attached: Mutex<Vec<HostAttachment>>,
+}
+
+impl HostIommu for Host {
+    fn requester_id(&self) -> u16 {
+        0x10
+    }
+    fn capabilities(&self) -> HostCapabilities {
+        HostCapabilities::default()
+    }
+    fn attach(&self, to: HostAttachment) -> Result<(), HostIommuError> {
+        self.attached.lock().unwrap().push(to);
+        Ok(())
+    }
+    fn shadow_map(&self, _: &[HostMapping]) -> Result<(), HostIommuError> {
+        Ok(())
+    }
+    fn shadow_unmap(&self, _: u64, _: u64) -> Result<(), HostIommuError> {
+        Ok(())
+    }
+}
+
+/// The same table is walked over what was invalidated in its domain, a
+/// different one (or the same one after leaving the shadow path) in full;
+/// a stage-1 table on a host without nesting is blocked.
+#[test]
+fn shadow_walks_what_changed() {
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
+    let walks = RefCell::new(Vec::new());
+    let (a, b) = (
+        Recorder {
+            id: 1,
+            walks: &walks,
+        },
+        Recorder {
+            id: 2,
+            walks: &walks,
+        },
+    );
+    let host = Arc::new(Host::default());
+    let mut ep = HostEndpoint::new(host.clone());
+    let shadowed = |table| EndpointDomain::Shadowed { did: 1, table };
+    let mut all = HostDirty::default();
+    all.everything();
+    let mut some = HostDirty::default();
+    some.range(Some(1), 0x3000, 0x4000);
+    some.range(Some(2), 0x8000, 0x9000);
+    some.range(None, 0x1000, 0x3000);
+    some.range(Some(1), 0x7fff_0000_0000, u64::MAX);
+
+    ep.sync(&mem, shadowed(a), &all);
+    ep.sync(&mem, shadowed(a), &some);
+    assert_eq!(ep.mode, Some(PassthroughMode::Shadow));
+    ep.sync(&mem, shadowed(b), &some);
+    ep.sync(&mem, EndpointDomain::Unfollowable { what: "nested" }, &some);
+    assert_eq!(ep.mode, Some(PassthroughMode::Blocked));
+    ep.sync(&mem, shadowed(b), &some);
+    let table = Stage1Table::VtdFirstStage {
+        pgtbl_addr: 0x1000,
+        addr_width: 48,
+        sre: false,
+        wpe: false,
+    };
+    ep.sync(&mem, EndpointDomain::Stage1 { did: 1, table }, &some);
+    assert_eq!(ep.mode, Some(PassthroughMode::Blocked));
+
+    let top = 1 << 39;
+    assert_eq!(
+        *walks.borrow(),
+        vec![(0, top), (0x1000, 0x4000), (0, top), (0, top)]
+    );
+    assert_eq!(ep.entered, [0, 2, 2, 0]);
+    assert_eq!(*host.attached.lock().unwrap(), vec![HostAttachment::Shadow]);
+}
