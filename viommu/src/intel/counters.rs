@@ -129,6 +129,20 @@ impl Counters {
         self.fault_reasons[reason.0 as usize].fetch_add(1, Relaxed);
     }
 
+    /// One host sync of a passthrough endpoint and what it cost.
+    pub(crate) fn add_host_sync(&self, s: &crate::passthrough::HostSyncStats) {
+        self.host_syncs.fetch_add(1, Relaxed);
+        self.host_map_calls.fetch_add(s.map_calls, Relaxed);
+        self.host_unmap_calls.fetch_add(s.unmap_calls, Relaxed);
+        self.host_errors.fetch_add(s.errors, Relaxed);
+        self.host_nested_attaches
+            .fetch_add(s.nested_attaches, Relaxed);
+        self.host_stage1_batches
+            .fetch_add(s.stage1_batches, Relaxed);
+        self.host_stage1_invalidations
+            .fetch_add(s.stage1_invalidations, Relaxed);
+    }
+
     pub fn bump_invalidation(&self, kind: Invalidation) {
         self.invalidations[kind as usize].fetch_add(1, Relaxed);
     }

@@ -590,23 +590,7 @@ impl IntelIommu {
         for h in hosts.iter_mut() {
             let domain = translation::device_domain(&self.mem, &cfg, caches, h.host.requester_id());
             let stats = h.sync(&self.mem, domain.into(), &dirty);
-            self.counters.host_syncs.fetch_add(1, Relaxed);
-            self.counters
-                .host_map_calls
-                .fetch_add(stats.map_calls, Relaxed);
-            self.counters
-                .host_unmap_calls
-                .fetch_add(stats.unmap_calls, Relaxed);
-            self.counters.host_errors.fetch_add(stats.errors, Relaxed);
-            self.counters
-                .host_nested_attaches
-                .fetch_add(stats.nested_attaches, Relaxed);
-            self.counters
-                .host_stage1_batches
-                .fetch_add(stats.stage1_batches, Relaxed);
-            self.counters
-                .host_stage1_invalidations
-                .fetch_add(stats.stage1_invalidations, Relaxed);
+            self.counters.add_host_sync(&stats);
         }
     }
 
