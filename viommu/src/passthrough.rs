@@ -156,9 +156,16 @@ pub(crate) struct HostEndpoint<T> {
 
 impl<T: ShadowTable + Copy + PartialEq> HostEndpoint<T> {
     pub fn new(host: Arc<dyn HostIommu>) -> Self {
+        Self::with_shadow(host, ShadowSpace::new())
+    }
+
+    /// An endpoint whose shadow space has other limits than the defaults
+    /// (the fuzz rigs keep the walk budget small, so that one input cannot
+    /// cost a second and the budget's edges are reached).
+    pub fn with_shadow(host: Arc<dyn HostIommu>, shadow: ShadowSpace) -> Self {
         HostEndpoint {
             host,
-            shadow: ShadowSpace::new(),
+            shadow,
             table: None,
             mode: None,
             entered: [0; PassthroughMode::COUNT],

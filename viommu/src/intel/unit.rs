@@ -540,8 +540,25 @@ impl IntelIommu {
     /// Puts a passthrough endpoint behind the unit: from now on its host
     /// IOMMU follows what the guest programs for `host.requester_id()`.
     pub fn add_host_endpoint(&self, host: Arc<dyn HostIommu>) {
+        self.add_host_endpoint_with(HostEndpoint::new(host));
+    }
+
+    /// [`Self::add_host_endpoint`] with shadow walk limits of the caller's
+    /// (test-only: the fuzz rigs).
+    #[cfg(any(test, feature = "test-utils"))]
+    pub fn add_host_endpoint_limited(
+        &self,
+        host: Arc<dyn HostIommu>,
+        walk_budget: u64,
+        max_areas: usize,
+    ) {
+        let shadow = crate::shadow::ShadowSpace::with_limits(walk_budget, max_areas);
+        self.add_host_endpoint_with(HostEndpoint::with_shadow(host, shadow));
+    }
+
+    fn add_host_endpoint_with(&self, endpoint: HostEndpoint<SlTable>) {
         let mut st = self.lock();
-        st.hosts.push(HostEndpoint::new(host));
+        st.hosts.push(endpoint);
         st.host_dirty.everything();
         self.sync_hosts(&mut st);
         self.finish(st);
