@@ -152,6 +152,10 @@ pub(crate) struct HostEndpoint<T> {
     attached: Option<HostAttachment>,
     /// Tables the host cannot follow are warned about once per endpoint.
     warned_unfollowable: bool,
+    /// Host calls that failed on this endpoint. A guest can cause them
+    /// (a table the host refuses) at every invalidation wait, so they are
+    /// logged at the 1st, 2nd, 4th, 8th … only.
+    host_errors: u64,
 }
 
 impl<T: ShadowTable + Copy + PartialEq> HostEndpoint<T> {
@@ -171,6 +175,7 @@ impl<T: ShadowTable + Copy + PartialEq> HostEndpoint<T> {
             entered: [0; PassthroughMode::COUNT],
             attached: None,
             warned_unfollowable: false,
+            host_errors: 0,
         }
     }
 
@@ -219,8 +224,9 @@ impl<T: ShadowTable + Copy + PartialEq> HostEndpoint<T> {
                         self.forward_stage1(did, dirty, &mut stats)
                     } else {
                         // A freshly installed table has nothing cached.
+                        self.attach(to)?;
                         stats.nested_attaches += 1;
-                        self.attach(to)
+                        Ok(())
                     }
                 })
             }
@@ -259,7 +265,14 @@ impl<T: ShadowTable + Copy + PartialEq> HostEndpoint<T> {
             }
         };
         if let Err(e) = result {
-            warn!("passthrough {rid:04x}: host IOMMU out of step with the guest: {e}");
+            self.host_errors += 1;
+            if self.host_errors.is_power_of_two() {
+                warn!(
+                    "passthrough {rid:04x}: host IOMMU out of step with the guest: {e} \
+                     ({} such errors so far)",
+                    self.host_errors
+                );
+            }
             stats.errors += 1;
         }
         stats

@@ -135,3 +135,50 @@ fn shadow_walks_what_changed() {
     assert_eq!(ep.entered, [0, 2, 2, 0]);
     assert_eq!(*host.attached.lock().unwrap(), vec![HostAttachment::Shadow]);
 }
+
+/// A nesting host that refuses every table.
+struct Refusing;
+
+impl HostIommu for Refusing {
+    fn requester_id(&self) -> u16 {
+        0x10
+    }
+    fn capabilities(&self) -> HostCapabilities {
+        HostCapabilities {
+            nesting: true,
+            ..Default::default()
+        }
+    }
+    fn attach(&self, _: HostAttachment) -> Result<(), HostIommuError> {
+        Err(HostIommuError::Unsupported("this table"))
+    }
+    fn shadow_map(&self, _: &[HostMapping]) -> Result<(), HostIommuError> {
+        Ok(())
+    }
+    fn shadow_unmap(&self, _: u64, _: u64) -> Result<(), HostIommuError> {
+        Ok(())
+    }
+}
+
+/// A table the host refuses fails at every wait the guest makes: each one
+/// is counted, and the endpoint tries again next time (its attachment is
+/// unknown), without the log growing with every wait (1st, 2nd, 4th …).
+#[test]
+fn refused_tables_are_counted_every_time() {
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
+    let mut ep: HostEndpoint<Recorder<'_>> = HostEndpoint::new(Arc::new(Refusing));
+    let table = Stage1Table::VtdFirstStage {
+        pgtbl_addr: 0x1000,
+        addr_width: 48,
+        sre: true,
+        wpe: false,
+    };
+    let mut some = HostDirty::default();
+    some.range(Some(1), 0x3000, 0x4000);
+    for _ in 0..100 {
+        let s = ep.sync(&mem, EndpointDomain::Stage1 { did: 1, table }, &some);
+        assert_eq!((s.errors, s.nested_attaches), (1, 0));
+    }
+    assert_eq!(ep.host_errors, 100);
+    assert_eq!(ep.mode, Some(PassthroughMode::Nested));
+}
