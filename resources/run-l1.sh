@@ -168,9 +168,26 @@ if [ -n "${watchdog:-}" ]; then
         echo w >/proc/sysrq-trigger
     ) &
 fi
+# Evidence for a guest that triple-faults: the events of L1 KVM, stopped by a
+# trigger at the first exit to userspace for a shutdown (KVM_EXIT_SHUTDOWN
+# is 8), so the buffer ends with the last exits of the faulting vCPU and their
+# guest RIPs (KVM on AMD resets the vCPU before the VMM can read them).
+t=/sys/kernel/tracing
+mount -t tracefs nodev $t 2>/dev/null
+if [ -e $t/events/kvm/kvm_userspace_exit/trigger ]; then
+    echo 4096 >$t/buffer_size_kb
+    echo "traceoff if reason == 8" >$t/events/kvm/kvm_userspace_exit/trigger
+    echo 1 >$t/events/kvm/enable
+fi
 printf "\nL1-CMD-START\n"
 chroot /host /bin/bash "$run/cmd.sh" </dev/null
 rc=$?
+if [ -e $t/events/kvm/enable ] && [ "$(cat $t/tracing_on)" = 0 ]; then
+    # The task of the last event is the vCPU thread that exited.
+    task=$(grep -v "^#" $t/trace | tail -n 1 | awk "{print \$1}")
+    grep -F " $task " $t/trace | tail -n 40 | sed "s/^ */L1-KVM-SHUTDOWN: /"
+    grep -v "^#" $t/trace | tail -n 400 | sed "s/^/L1-KVM-TRACE: /"
+fi
 printf "\nL1-CMD-STATUS=%d\n" "$rc"
 sync
 printf "\nL1-EXIT-STATUS=%d\n" "$rc"

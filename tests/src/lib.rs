@@ -309,7 +309,15 @@ pub fn run_in_l1_opts(scratch: &Path, opts: &L1Options, command: &[String]) -> L
     let detail = match why {
         Irregular::L1NeverStarted => format!("last={last:?}"),
         Irregular::Hung => format!("last={last:?}"),
-        Irregular::UnexpectedReset => format!("vmm={vmm:?}"),
+        Irregular::UnexpectedReset => {
+            // L1 KVM's last events of the vCPU that shut down (run-l1.sh).
+            let kvm: Vec<&str> = run
+                .output
+                .lines()
+                .filter(|l| l.starts_with("L1-KVM-SHUTDOWN:"))
+                .collect();
+            format!("vmm={vmm:?} kvm={kvm:?}")
+        }
     };
     let allowed = std::env::var(ALLOW_RETRY_ENV).is_ok_and(|v| v == "1");
     let kind = match why {
