@@ -222,9 +222,11 @@ impl<T: ShadowTable + Copy + PartialEq> HostEndpoint<T> {
                         // The same table: what the guest changed in it is
                         // in the batch.
                         self.forward_stage1(did, dirty, &mut stats)
+                            .inspect_err(|_| self.reinstall_or_block(to, &mut stats))
                     } else {
                         // A freshly installed table has nothing cached.
-                        self.attach(to)?;
+                        self.attach(to)
+                            .inspect_err(|_| self.block_after_host_error(&mut stats))?;
                         stats.nested_attaches += 1;
                         Ok(())
                     }
@@ -318,15 +320,40 @@ impl<T: ShadowTable + Copy + PartialEq> HostEndpoint<T> {
         stats.stage1_invalidations += batch.len() as u64;
         let done = self.host.invalidate_stage1(&batch)?;
         if done < batch.len() {
-            // The host stopped part-way: what it did not take may still be
-            // cached, so the next batch starts over with everything.
-            self.attached = None;
             return Err(HostIommuError::Host {
                 op: "stage-1 invalidation",
                 reason: format!("the host took {done} of {} entries", batch.len()),
             });
         }
         Ok(())
+    }
+
+    /// The host failed to invalidate (all or part of) a batch, so it may
+    /// still cache what the guest unmapped, and the guest's wait must not
+    /// complete over that: a freshly installed table has nothing cached;
+    /// if the host refuses that too, the device is blocked.
+    fn reinstall_or_block(&mut self, to: HostAttachment, stats: &mut HostSyncStats) {
+        self.attached = None;
+        match self.host.attach(to) {
+            Ok(()) => {
+                self.attached = Some(to);
+                stats.nested_attaches += 1;
+            }
+            Err(_) => self.block_after_host_error(stats),
+        }
+    }
+
+    /// The host refused what the guest's tables ask for: the device must
+    /// not keep an earlier, wider attachment (e.g. all of guest RAM), so it
+    /// goes to the empty shadow space until a later sync succeeds. Should
+    /// the host refuse that as well, the attachment stays unknown and every
+    /// sync tries again.
+    fn block_after_host_error(&mut self, stats: &mut HostSyncStats) {
+        self.attached = None;
+        if self.leave_shadow(stats).is_ok() && self.host.attach(HostAttachment::Shadow).is_ok() {
+            self.attached = Some(HostAttachment::Shadow);
+            self.set_mode(PassthroughMode::Blocked);
+        }
     }
 
     fn leave_shadow(&mut self, stats: &mut HostSyncStats) -> Result<(), HostIommuError> {

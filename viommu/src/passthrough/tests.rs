@@ -59,9 +59,17 @@ impl ShadowTable for Recorder<'_> {
     }
 }
 
+/// A host that records its attachments and, as configured, nests, refuses
+/// attachments and stops part-way through stage-1 invalidations.
 #[derive(Default)]
 struct Host {
     attached: Mutex<Vec<HostAttachment>>,
+    nesting: bool,
+    /// Attachments of these kinds fail.
+    refuse_nested: bool,
+    refuse_shadow: bool,
+    /// How many entries of a stage-1 batch the host takes (None: all).
+    invalidations_taken: Option<usize>,
 }
 
 impl HostIommu for Host {
@@ -69,9 +77,20 @@ impl HostIommu for Host {
         0x10
     }
     fn capabilities(&self) -> HostCapabilities {
-        HostCapabilities::default()
+        HostCapabilities {
+            nesting: self.nesting,
+            ..Default::default()
+        }
     }
     fn attach(&self, to: HostAttachment) -> Result<(), HostIommuError> {
+        let refused = match to {
+            HostAttachment::Nested(_) => self.refuse_nested,
+            HostAttachment::Shadow => self.refuse_shadow,
+            _ => false,
+        };
+        if refused {
+            return Err(HostIommuError::Unsupported("this attachment"));
+        }
         self.attached.lock().unwrap().push(to);
         Ok(())
     }
@@ -80,6 +99,9 @@ impl HostIommu for Host {
     }
     fn shadow_unmap(&self, _: u64, _: u64) -> Result<(), HostIommuError> {
         Ok(())
+    }
+    fn invalidate_stage1(&self, batch: &[Stage1Invalidation]) -> Result<usize, HostIommuError> {
+        Ok(self.invalidations_taken.unwrap_or(batch.len()))
     }
 }
 
@@ -118,12 +140,7 @@ fn shadow_walks_what_changed() {
     ep.sync(&mem, EndpointDomain::Unfollowable { what: "nested" }, &some);
     assert_eq!(ep.mode, Some(PassthroughMode::Blocked));
     ep.sync(&mem, shadowed(b), &some);
-    let table = Stage1Table::VtdFirstStage {
-        pgtbl_addr: 0x1000,
-        addr_width: 48,
-        sre: false,
-        wpe: false,
-    };
+    let table = first_stage(0x1000);
     ep.sync(&mem, EndpointDomain::Stage1 { did: 1, table }, &some);
     assert_eq!(ep.mode, Some(PassthroughMode::Blocked));
 
@@ -136,43 +153,20 @@ fn shadow_walks_what_changed() {
     assert_eq!(*host.attached.lock().unwrap(), vec![HostAttachment::Shadow]);
 }
 
-/// A nesting host that refuses every table.
-struct Refusing;
-
-impl HostIommu for Refusing {
-    fn requester_id(&self) -> u16 {
-        0x10
-    }
-    fn capabilities(&self) -> HostCapabilities {
-        HostCapabilities {
-            nesting: true,
-            ..Default::default()
-        }
-    }
-    fn attach(&self, _: HostAttachment) -> Result<(), HostIommuError> {
-        Err(HostIommuError::Unsupported("this table"))
-    }
-    fn shadow_map(&self, _: &[HostMapping]) -> Result<(), HostIommuError> {
-        Ok(())
-    }
-    fn shadow_unmap(&self, _: u64, _: u64) -> Result<(), HostIommuError> {
-        Ok(())
-    }
-}
-
 /// A table the host refuses fails at every wait the guest makes: each one
 /// is counted, and the endpoint tries again next time (its attachment is
 /// unknown), without the log growing with every wait (1st, 2nd, 4th …).
 #[test]
 fn refused_tables_are_counted_every_time() {
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
-    let mut ep: HostEndpoint<Recorder<'_>> = HostEndpoint::new(Arc::new(Refusing));
-    let table = Stage1Table::VtdFirstStage {
-        pgtbl_addr: 0x1000,
-        addr_width: 48,
-        sre: true,
-        wpe: false,
+    let host = Host {
+        nesting: true,
+        refuse_nested: true,
+        refuse_shadow: true,
+        ..Default::default()
     };
+    let mut ep: HostEndpoint<Recorder<'_>> = HostEndpoint::new(Arc::new(host));
+    let table = first_stage(0x1000);
     let mut some = HostDirty::default();
     some.range(Some(1), 0x3000, 0x4000);
     for _ in 0..100 {
@@ -181,4 +175,92 @@ fn refused_tables_are_counted_every_time() {
     }
     assert_eq!(ep.host_errors, 100);
     assert_eq!(ep.mode, Some(PassthroughMode::Nested));
+}
+
+fn first_stage(pgtbl_addr: u64) -> Stage1Table {
+    Stage1Table::VtdFirstStage {
+        pgtbl_addr,
+        addr_width: 48,
+        sre: true,
+        wpe: false,
+    }
+}
+
+/// A batch the host takes only part of leaves stale translations in its
+/// caches: before the guest's wait completes, the endpoint installs the
+/// table afresh (nothing cached); if the host refuses that too, the device
+/// is blocked rather than left on the stale table.
+#[test]
+fn a_partial_invalidation_reinstalls_the_table() {
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
+    let table = first_stage(0x1000);
+    let stage1 = EndpointDomain::Stage1 { did: 1, table };
+    let mut some = HostDirty::default();
+    some.range(Some(1), 0x3000, 0x5000);
+    some.range(Some(1), 0x9000, 0xa000);
+
+    let host = Arc::new(Host {
+        nesting: true,
+        invalidations_taken: Some(1),
+        ..Default::default()
+    });
+    let mut ep: HostEndpoint<Recorder<'_>> = HostEndpoint::new(host.clone());
+    assert_eq!(ep.sync(&mem, stage1, &some).nested_attaches, 1);
+    let s = ep.sync(&mem, stage1, &some);
+    assert_eq!((s.errors, s.stage1_batches, s.nested_attaches), (1, 1, 1));
+    let nested = HostAttachment::Nested(table);
+    assert_eq!(*host.attached.lock().unwrap(), vec![nested, nested]);
+    assert_eq!(ep.mode, Some(PassthroughMode::Nested));
+
+    // The host takes nothing of a batch, and then refuses the table: the
+    // device is blocked; the next sync installs the table again.
+    let host = Arc::new(Host {
+        nesting: true,
+        invalidations_taken: Some(0),
+        ..Default::default()
+    });
+    let mut ep: HostEndpoint<Recorder<'_>> = HostEndpoint::new(host.clone());
+    ep.sync(&mem, stage1, &some);
+    let refusing = Arc::new(Host {
+        nesting: true,
+        refuse_nested: true,
+        invalidations_taken: Some(0),
+        ..Default::default()
+    });
+    ep.host = refusing.clone();
+    assert_eq!(ep.sync(&mem, stage1, &some).errors, 1);
+    assert_eq!(ep.mode, Some(PassthroughMode::Blocked));
+    assert_eq!(ep.attached, Some(HostAttachment::Shadow));
+    assert_eq!(
+        *refusing.attached.lock().unwrap(),
+        vec![HostAttachment::Shadow]
+    );
+    ep.host = host.clone();
+    assert_eq!(ep.sync(&mem, stage1, &some).nested_attaches, 1);
+    assert_eq!(ep.mode, Some(PassthroughMode::Nested));
+}
+
+/// A device on all of guest RAM whose guest switches to a first-stage
+/// table the host refuses is blocked, not left with access to everything.
+#[test]
+fn a_refused_table_does_not_keep_the_bypass() {
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
+    let host = Arc::new(Host {
+        nesting: true,
+        refuse_nested: true,
+        ..Default::default()
+    });
+    let mut ep: HostEndpoint<Recorder<'_>> = HostEndpoint::new(host.clone());
+    let mut all = HostDirty::default();
+    all.everything();
+    ep.sync(&mem, EndpointDomain::Identity, &all);
+    assert_eq!(ep.mode, Some(PassthroughMode::Bypass));
+    let table = first_stage(0x2000);
+    let s = ep.sync(&mem, EndpointDomain::Stage1 { did: 3, table }, &all);
+    assert_eq!((s.errors, s.nested_attaches), (1, 0));
+    assert_eq!(ep.mode, Some(PassthroughMode::Blocked));
+    assert_eq!(
+        *host.attached.lock().unwrap(),
+        vec![HostAttachment::Bypass, HostAttachment::Shadow]
+    );
 }
