@@ -22,11 +22,7 @@ const DISK_SIZE: u64 = 80 << 20;
 fn counter(out: &str, path: &str, what: &str, key: &str) -> u64 {
     out.lines()
         .filter(|l| l.contains(&format!("{path}: vmm: counters: {what}")))
-        .find_map(|l| {
-            l.split_whitespace()
-                .find_map(|w| w.strip_prefix(&format!("{key}=")))
-                .and_then(|v| v.parse().ok())
-        })
+        .find_map(|l| field(l, key))
         .unwrap_or(0)
 }
 

@@ -58,11 +58,7 @@ fn snapshot(out: &str, n: usize, what: &str, key: &str) -> u64 {
         .and_then(|s| {
             s.lines()
                 .filter(|l| l.contains(&format!("counters: {what}")))
-                .find_map(|l| {
-                    l.split_whitespace()
-                        .find_map(|w| w.strip_prefix(&format!("{key}=")))
-                        .and_then(|v| v.parse().ok())
-                })
+                .find_map(|l| field(l, key))
         })
         .unwrap_or(0)
 }

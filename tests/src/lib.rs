@@ -149,17 +149,7 @@ pub struct L1Run {
 impl L1Run {
     /// The value after `KEY=` on the first line that has it.
     pub fn value(&self, key: &str) -> Option<String> {
-        let pat = format!("{key}=");
-        self.output.lines().find_map(|l| {
-            let i = l.find(&pat)?;
-            Some(
-                l[i + pat.len()..]
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or("")
-                    .to_string(),
-            )
-        })
+        value(self.output.lines(), key)
     }
 
     /// The numeric value of `key=` in the VMM's `counters: viommu intel` line.
@@ -167,11 +157,7 @@ impl L1Run {
         self.output
             .lines()
             .filter(|l| l.contains("counters: viommu intel"))
-            .find_map(|l| {
-                l.split_whitespace()
-                    .find_map(|w| w.strip_prefix(&format!("{key}=")))
-                    .and_then(|v| v.parse().ok())
-            })
+            .find_map(|l| field(l, key))
             .unwrap_or_else(|| panic!("no counter {key}:\n{}", self.output))
     }
 
@@ -429,6 +415,27 @@ impl VmmArgs {
         c.extend(self.extra.iter().cloned());
         c
     }
+}
+
+/// The number in the word `key=N` of `line` (the VMM's counters lines, the
+/// guests' result lines).
+pub fn field(line: &str, key: &str) -> Option<u64> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+}
+
+/// The text after `KEY=` (up to whitespace; None if there is none) on the
+/// first of `lines` that has it, anywhere in the line.
+pub fn value<'a>(lines: impl IntoIterator<Item = &'a str>, key: &str) -> Option<String> {
+    let pat = format!("{key}=");
+    lines.into_iter().find_map(|l| {
+        let i = l.find(&pat)?;
+        l[i + pat.len()..]
+            .split_whitespace()
+            .next()
+            .map(str::to_string)
+    })
 }
 
 /// MiB/s from a guest benchmark's "bytes=N seconds=S" line.

@@ -39,14 +39,7 @@ struct Inner {
 
 impl Inner {
     fn value(&self, key: &str) -> Option<String> {
-        let pat = format!("{key}=");
-        self.lines.iter().find_map(|l| {
-            let i = l.find(&pat)?;
-            l[i + pat.len()..]
-                .split_whitespace()
-                .next()
-                .map(str::to_string)
-        })
+        value(self.lines.iter().map(String::as_str), key)
     }
 
     fn line(&self, needle: &str) -> String {
@@ -70,10 +63,7 @@ impl Inner {
 
 /// `key=` in a counters line.
 fn count(line: &str, key: &str) -> u64 {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(&format!("{key}=")))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {key} in {line}"))
+    field(line, key).unwrap_or_else(|| panic!("no {key} in {line}"))
 }
 
 /// Boots the loop, asserts every round trip, and returns the run and each

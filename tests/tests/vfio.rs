@@ -54,27 +54,12 @@ fn section<'a>(out: &'a str, from: &str, to: &str) -> &'a str {
     &rest[..rest.find(to).unwrap_or(rest.len())]
 }
 
-fn value(out: &str, key: &str) -> Option<String> {
-    let pat = format!("{key}=");
-    out.lines().find_map(|l| {
-        let i = l.find(&pat)?;
-        l[i + pat.len()..]
-            .split_whitespace()
-            .next()
-            .map(str::to_string)
-    })
-}
-
 /// `key=` of the VMM's last `counters: <line>` line in `out`.
 fn counter(out: &str, line: &str, key: &str) -> u64 {
     out.lines()
         .rev()
         .filter(|l| l.contains(&format!("counters: {line}")))
-        .find_map(|l| {
-            l.split_whitespace()
-                .find_map(|w| w.strip_prefix(&format!("{key}=")))
-                .and_then(|v| v.parse().ok())
-        })
+        .find_map(|l| field(l, key))
         .unwrap_or_else(|| panic!("no counter {line} {key}:\n{out}"))
 }
 
@@ -87,14 +72,22 @@ fn check_round_trip(out: &str, image: &Path, whole: &str) {
         bad.is_empty(),
         "fault/error lines in dmesg: {bad:?}\n{whole}"
     );
-    assert_eq!(value(out, "WRITE").as_deref(), Some("ok"), "{whole}");
-    let src = value(out, "SRC-SHA").expect("data hash");
-    assert_eq!(value(out, "READ-SHA"), Some(src.clone()), "{whole}");
+    assert_eq!(
+        value(out.lines(), "WRITE").as_deref(),
+        Some("ok"),
+        "{whole}"
+    );
+    let src = value(out.lines(), "SRC-SHA").expect("data hash");
+    assert_eq!(value(out.lines(), "READ-SHA"), Some(src.clone()), "{whole}");
     assert_eq!(sha256_prefix(image, ROUND_TRIP), src, "NVMe image differs");
 }
 
 fn assert_no_pasid_cap(out: &str) {
-    assert_eq!(value(out, "CONFIG-SIZE").as_deref(), Some("4096"), "{out}");
+    assert_eq!(
+        value(out.lines(), "CONFIG-SIZE").as_deref(),
+        Some("4096"),
+        "{out}"
+    );
     assert!(!out.contains("PASID-CAP"), "{out}");
 }
 
@@ -167,23 +160,23 @@ fn passthrough_without_viommu_and_bad_input() {
 
     let first = section(out, "VMM-RUN-1", "VMM-RUN-1-STATUS");
     assert_eq!(
-        value(out, "VMM-RUN-1-STATUS").as_deref(),
+        value(out.lines(), "VMM-RUN-1-STATUS").as_deref(),
         Some("0"),
         "{out}"
     );
     assert!(first.contains("NVME-PCI="), "{out}");
     assert_no_pasid_cap(first);
-    let first_sha = value(first, "SRC-SHA");
+    let first_sha = value(first.lines(), "SRC-SHA");
     let second = section(out, "VMM-RUN-2", "VMM-RUN-2-STATUS");
     assert_eq!(
-        value(out, "VMM-RUN-2-STATUS").as_deref(),
+        value(out.lines(), "VMM-RUN-2-STATUS").as_deref(),
         Some("0"),
         "{out}"
     );
     check_round_trip(second, &image, out);
     assert_ne!(
         first_sha,
-        value(second, "SRC-SHA"),
+        value(second.lines(), "SRC-SHA"),
         "two runs, two data sets"
     );
     assert!(first.contains("counters: vfio0 mode=bypass"), "{out}");
@@ -202,9 +195,15 @@ fn passthrough_without_viommu_and_bad_input() {
             .lines()
             .find(|l| l.starts_with(&format!("BADINPUT {name} ")))
             .unwrap_or_else(|| panic!("no {name} case:\n{out}"));
-        let status: i32 = value(line, "status").and_then(|s| s.parse().ok()).unwrap();
+        let status: i32 = value(line.lines(), "status")
+            .and_then(|s| s.parse().ok())
+            .unwrap();
         assert!(status != 0, "{name}: {line}");
-        assert_eq!(value(line, "lines").as_deref(), Some("1"), "{name}: {line}");
+        assert_eq!(
+            value(line.lines(), "lines").as_deref(),
+            Some("1"),
+            "{name}: {line}"
+        );
         assert!(line.contains("msg=vmm: error:"), "{name}: {line}");
         assert!(line.contains(expect), "{name}: expected '{expect}': {line}");
         assert!(!line.contains("panicked"), "{name}: {line}");
@@ -243,7 +242,7 @@ fn run_behind_viommu(m: &Shadowed) -> (String, PathBuf) {
     check_round_trip(&out, &image, &out);
     assert!(out.contains("IOMMU-CLASS: dmar0"), "{out}");
     assert_eq!(
-        value(&out, "NVME-GROUP-TYPE").as_deref(),
+        value(out.lines(), "NVME-GROUP-TYPE").as_deref(),
         Some(m.group_type),
         "{out}"
     );
@@ -321,7 +320,7 @@ fn passthrough_shadow_strict() {
     check_shadow(&out);
     // The PASID capability, capped at the vIOMMU's 8 bits (bits 12:8 of
     // the capability register).
-    let regs = value(&out, "regs").expect("PASID capability");
+    let regs = value(out.lines(), "regs").expect("PASID capability");
     let cap = u32::from_str_radix(&regs, 16).unwrap() & 0xffff;
     assert_eq!((cap >> 8) & 0x1f, 8, "{out}");
 }
