@@ -380,7 +380,11 @@ pub fn build(cli: &Cli) -> Result<Vm, VmmError> {
                         .iommufd_dev_id()
                         .ok_or_else(|| VmmError::Setup(format!("vfio{i}: not bound to iommufd")))?;
                     let mut caps = opened.capabilities();
-                    caps.nesting &= nested_path;
+                    if !nested_path {
+                        // nested=off, or a device behind the unit that
+                        // cannot nest: every device there is shadowed.
+                        caps.nesting = false;
+                    }
                     let ep = viommu::host_iommufd::IommufdEndpoint::new(
                         bdf.0,
                         &pt.guest_ram,
