@@ -140,6 +140,17 @@ case " $(cat /proc/cmdline) " in *" vmm.nvme=1 "*)
         export VMM_NATIVE_NVME_SYSFS=/sys/bus/pci/devices/0000:00:11.0
     ;;
 esac
+# Evidence for a guest that triple-faults: the events of L1 KVM, stopped by a
+# trigger at the first exit to userspace for a shutdown (KVM_EXIT_SHUTDOWN
+# is 8), so the buffer ends with the last exits of the faulting vCPU and their
+# guest RIPs (KVM on AMD resets the vCPU before the VMM can read them).
+tr=/sys/kernel/tracing
+mount -t tracefs nodev $tr 2>/dev/null
+if [ -e $tr/events/kvm/kvm_userspace_exit/trigger ]; then
+    echo 4096 >$tr/buffer_size_kb
+    echo "traceoff if reason == 8" >$tr/events/kvm/kvm_userspace_exit/trigger
+    echo 1 >$tr/events/kvm/enable
+fi
 # Evidence for a command that hangs: shortly before the time limit, the
 # state of every vmm thread (scheduler state, wait channel, kernel stack),
 # the counters of the VMM (SIGUSR1) and the stacks of blocked L1 tasks.
@@ -166,28 +177,29 @@ if [ -n "${watchdog:-}" ]; then
         # timer of L1 itself stopped.
         grep -vE "^ *$" /proc/timer_list | sed "s/^/L1-WATCHDOG-TIMERS: /"
         echo w >/proc/sysrq-trigger
+        # The last KVM events of each vCPU thread: where each guest vCPU
+        # was (RIP) when it last exited, and whether it still exits.
+        if [ -e $tr/events/kvm/enable ]; then
+            echo 0 >$tr/tracing_on
+            for v in $(grep -oE "^ *vcpu[0-9]+-[0-9]+ " $tr/trace | sort -u); do
+                grep -F " $v " $tr/trace | tail -n 30 | sed "s/^ */L1-WATCHDOG-KVM: /"
+            done
+        fi
     ) &
-fi
-# Evidence for a guest that triple-faults: the events of L1 KVM, stopped by a
-# trigger at the first exit to userspace for a shutdown (KVM_EXIT_SHUTDOWN
-# is 8), so the buffer ends with the last exits of the faulting vCPU and their
-# guest RIPs (KVM on AMD resets the vCPU before the VMM can read them).
-t=/sys/kernel/tracing
-mount -t tracefs nodev $t 2>/dev/null
-if [ -e $t/events/kvm/kvm_userspace_exit/trigger ]; then
-    echo 4096 >$t/buffer_size_kb
-    echo "traceoff if reason == 8" >$t/events/kvm/kvm_userspace_exit/trigger
-    echo 1 >$t/events/kvm/enable
 fi
 printf "\nL1-CMD-START\n"
 chroot /host /bin/bash "$run/cmd.sh" </dev/null
 rc=$?
-if [ -e $t/events/kvm/enable ] && [ "$(cat $t/tracing_on)" = 0 ]; then
+last=""
+[ -e $tr/events/kvm/enable ] && [ "$(cat $tr/tracing_on)" = 0 ] &&
+    last=$(grep -v "^#" $tr/trace | tail -n 1)
+case $last in *KVM_EXIT_SHUTDOWN*)
     # The task of the last event is the vCPU thread that exited.
-    task=$(grep -v "^#" $t/trace | tail -n 1 | awk "{print \$1}")
-    grep -F " $task " $t/trace | tail -n 40 | sed "s/^ */L1-KVM-SHUTDOWN: /"
-    grep -v "^#" $t/trace | tail -n 400 | sed "s/^/L1-KVM-TRACE: /"
-fi
+    task=$(echo "$last" | awk "{print \$1}")
+    grep -F " $task " $tr/trace | tail -n 40 | sed "s/^ */L1-KVM-SHUTDOWN: /"
+    grep -v "^#" $tr/trace | tail -n 400 | sed "s/^/L1-KVM-TRACE: /"
+    ;;
+esac
 printf "\nL1-CMD-STATUS=%d\n" "$rc"
 sync
 printf "\nL1-EXIT-STATUS=%d\n" "$rc"
