@@ -38,11 +38,23 @@
 # if that line never appeared (timeout, panic, boot failure).
 #
 # One L1 at a time on this machine: runs queue on a lock in VMM_CACHE (two
-# TCG machines of 2 vCPUs on 2 cores starve each other's timers); set
-# L1_PARALLEL=1 to skip the queue.
+# TCG machines on 2 cores starve each other's timers); set L1_PARALLEL=1 to
+# skip the queue.
+#
+# L1 has one vCPU unless L1_SMP says otherwise. With two, QEMU's
+# multi-threaded TCG running L1's KVM corrupts memory under exit-heavy L2
+# work: L2 guests of this VMM and of QEMU/KVM alike triple-fault (a timer
+# interrupt or a page fault that cannot be delivered), L2 vCPUs stop taking
+# timer interrupts, and L1's own kernel panics ("corrupted stack end" in a
+# KVM vCPU thread, inside shutdown_interception). An L2 that reads PCI
+# config space through ECAM in a loop (each read an MMIO exit) brings it
+# about within a minute, loaded or idle, also with kvm.enable_mmio_caching=0,
+# kvm_amd.npt=0 or kvm_amd.vgif=0; with one L1 vCPU it does not happen
+# (tests/guest/ecam-stress.sh, resources/README.md).
 #
 # Env: L1_TIMEOUT (seconds, default 600), L1_MEM (MiB, default 6144),
-#      L1_SMP (default 2), L1_QEMU_EXTRA (extra QEMU arguments, split on
+#      L1_SMP (default 1, see below), L1_TCG_OPTS (more -accel tcg options,
+#      e.g. thread=single), L1_QEMU_EXTRA (extra QEMU arguments, split on
 #      spaces, e.g. "-device igb" to look at a device's config space), L1_APPEND (extra L1 kernel arguments, e.g.
 #      loglevel=7 to see its boot), VMM_CACHE (default ~/.cache/vmm),
 #      L1_KERNEL_DIR (another L1 kernel: a directory with `vmlinuz` and
@@ -190,12 +202,13 @@ fi
 printf "\nL1-CMD-START\n"
 chroot /host /bin/bash "$run/cmd.sh" </dev/null
 rc=$?
-last=""
+shutdown=""
+# Other CPUs may add a few events before the trigger stops the trace.
 [ -e $tr/events/kvm/enable ] && [ "$(cat $tr/tracing_on)" = 0 ] &&
-    last=$(grep -v "^#" $tr/trace | tail -n 1)
-case $last in *KVM_EXIT_SHUTDOWN*)
-    # The task of the last event is the vCPU thread that exited.
-    task=$(echo "$last" | awk "{print \$1}")
+    shutdown=$(grep -v "^#" $tr/trace | tail -n 100 | grep KVM_EXIT_SHUTDOWN | tail -n 1)
+case $shutdown in *KVM_EXIT_SHUTDOWN*)
+    # The vCPU thread that exited for the shutdown.
+    task=$(echo "$shutdown" | awk "{print \$1}")
     grep -F " $task " $tr/trace | tail -n 40 | sed "s/^ */L1-KVM-SHUTDOWN: /"
     grep -v "^#" $tr/trace | tail -n 400 | sed "s/^/L1-KVM-TRACE: /"
     ;;
@@ -289,7 +302,7 @@ watchdog=$(( ${L1_TIMEOUT:-600} > 80 ? ${L1_TIMEOUT:-600} - 40 : 40 ))
 set +e
 # shellcheck disable=SC2086  # L1_QEMU_EXTRA is a list of arguments
 timeout -k 10 "${L1_TIMEOUT:-600}" qemu-system-x86_64 \
-    -accel tcg -machine "$machine" -cpu max -m "${L1_MEM:-6144}" -smp "${L1_SMP:-2}" \
+    -accel "tcg${L1_TCG_OPTS:+,$L1_TCG_OPTS}" -machine "$machine" -cpu max -m "${L1_MEM:-6144}" -smp "${L1_SMP:-1}" \
     -display none -serial stdio -monitor none -no-reboot -nic none \
     -kernel "$kdir/vmlinuz" -initrd "$initrd" \
     -append "console=ttyS0 panic=-1 quiet loglevel=4 vmm.run=$run vmm.watchdog=$watchdog $append $l1_idle ${L1_APPEND:-}" \
