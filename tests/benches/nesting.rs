@@ -54,8 +54,10 @@ fn main() {
     let mut cmd = args.command();
     let k = cmd.iter().position(|a| a == "--kernel").expect("--kernel") + 1;
     cmd[k] = l1_kernel_dir().join("vmlinuz").display().to_string();
+    // Two L1 vCPUs, as in tests/tests/self_hosted.rs.
     let opts = L1Options {
         timeout: Some(1200),
+        vcpus: Some(2),
         ..L1Options::default()
     };
     let run = run_in_l1_opts(&dir, &opts, &cmd);

@@ -210,6 +210,9 @@ pub struct L1Options {
     /// L1's time limit in seconds (default 300; `L1_TIMEOUT` in the
     /// environment overrides both).
     pub timeout: Option<u64>,
+    /// L1's vCPUs (run-l1.sh's `L1_SMP`, default 1: two expose the
+    /// platform's memory corruption, see resources/README.md).
+    pub vcpus: Option<u8>,
 }
 
 /// Set to `1` to let a guest run that reset or hung unexpectedly be rerun
@@ -351,6 +354,9 @@ fn run_in_l1_once(scratch: &Path, opts: &L1Options, command: &[String]) -> L1Run
     }
     if std::env::var_os("L1_TIMEOUT").is_none() {
         cmd.env("L1_TIMEOUT", opts.timeout.unwrap_or(300).to_string());
+    }
+    if let (Some(n), None) = (opts.vcpus, std::env::var_os("L1_SMP")) {
+        cmd.env("L1_SMP", n.to_string());
     }
     if let Some(image) = &opts.nvme_native {
         cmd.arg("--nvme-native").arg(image);

@@ -96,8 +96,14 @@ fn self_hosted(l: &Loop) -> (L1Run, Vec<Inner>) {
     // machine for one inner run, 8 beside another TCG machine): the inner
     // VMM pins its guest's RAM through the 7.2 guest's iommufd, a page
     // fault per page.
+    //
+    // Two L1 vCPUs: with one, L3 under L2 under L1 does not finish within
+    // the limit. Two expose the platform's memory corruption under
+    // exit-heavy L2 work (resources/README.md); a run it hits shows an L2
+    // triple fault or an L1 panic and is recorded as such.
     let opts = L1Options {
         timeout: Some(750),
+        vcpus: Some(2),
         ..L1Options::default()
     };
     let run = run_in_l1_opts(&dir, &opts, &cmd);
