@@ -299,11 +299,26 @@ fi
 # The L1 watchdog fires 40 s before the time limit (see l1_init).
 watchdog=$(( ${L1_TIMEOUT:-600} > 80 ? ${L1_TIMEOUT:-600} - 40 : 40 ))
 
+# QEMU's monitor on a pair of FIFOs ($run/monitor.in, $run/monitor.out):
+# shortly before the time limit, the registers of every L1 vCPU go to the
+# console (`L1-QEMU-MONITOR:` lines), for an L1 that is frozen and so
+# cannot print its own watchdog lines (is a vCPU in L2 guest mode, where).
+mkfifo "$run/monitor.in" "$run/monitor.out"
+(
+    sleep $(( ${L1_TIMEOUT:-600} > 20 ? ${L1_TIMEOUT:-600} - 8 : 12 ))
+    timeout 5 cat "$run/monitor.out" | tr -d '\r' | grep -v "^(qemu)" |
+        sed "s/^/L1-QEMU-MONITOR: /" >>"$run/monitor.log" &
+    printf 'info cpus\ninfo registers -a\n' >"$run/monitor.in"
+    wait
+) </dev/null >/dev/null 2>&1 8>&- &
+monitor=$!
+
 set +e
 # shellcheck disable=SC2086  # L1_QEMU_EXTRA is a list of arguments
 timeout -k 10 "${L1_TIMEOUT:-600}" qemu-system-x86_64 \
     -accel "tcg${L1_TCG_OPTS:+,$L1_TCG_OPTS}" -machine "$machine" -cpu max -m "${L1_MEM:-6144}" -smp "${L1_SMP:-1}" \
-    -display none -serial stdio -monitor none -no-reboot -nic none \
+    -display none -serial stdio -chardev "pipe,id=mon,path=$run/monitor" \
+    -mon chardev=mon,mode=readline -no-reboot -nic none \
     -kernel "$kdir/vmlinuz" -initrd "$initrd" \
     -append "console=ttyS0 panic=-1 quiet loglevel=4 vmm.run=$run vmm.watchdog=$watchdog $append $l1_idle ${L1_APPEND:-}" \
     ${devices[@]+"${devices[@]}"} "${virtfs[@]}" ${L1_QEMU_EXTRA:-} </dev/null |
@@ -330,6 +345,12 @@ timeout -k 10 "${L1_TIMEOUT:-600}" qemu-system-x86_64 \
     }
 qemu_rc=${PIPESTATUS[0]}
 set -e
+pkill -P "$monitor" 2>/dev/null || true
+kill "$monitor" 2>/dev/null || true
+if [ -s "$run/monitor.log" ]; then
+    cat "$run/monitor.log"
+    cat "$run/monitor.log" >>"$run/console.log"
+fi
 
 touch "$run/console.log"
 status=$(tr -d '\r' <"$run/console.log" | grep -aE '^L1-EXIT-STATUS=[0-9]+$' | tail -n1 | cut -d= -f2 || true)

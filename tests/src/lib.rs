@@ -293,11 +293,26 @@ pub fn run_in_l1_opts(scratch: &Path, opts: &L1Options, command: &[String]) -> L
     };
     let first = scratch.join("console-attempt1.log");
     let _ = std::fs::copy(scratch.join("console.log"), &first);
-    let last: Vec<&str> = run.output.lines().rev().take(3).collect();
+    let last: Vec<&str> = run
+        .output
+        .lines()
+        .rev()
+        .filter(|l| !l.starts_with("L1-QEMU-MONITOR:"))
+        .take(3)
+        .collect();
     let vmm: Vec<&str> = run.output.lines().filter(|l| l.contains("vmm:")).collect();
     let detail = match why {
         Irregular::L1NeverStarted => format!("last={last:?}"),
-        Irregular::Hung => format!("last={last:?}"),
+        Irregular::Hung => {
+            // Where L1's vCPUs were at the time limit (run-l1.sh): an L2
+            // address means the vCPU was in guest mode.
+            let rips: Vec<&str> = run
+                .output
+                .lines()
+                .filter(|l| l.starts_with("L1-QEMU-MONITOR: RIP="))
+                .collect();
+            format!("last={last:?} l1_rips={rips:?}")
+        }
         Irregular::UnexpectedReset => {
             // L1 KVM's last events of the vCPU that shut down (run-l1.sh).
             let kvm: Vec<&str> = run
