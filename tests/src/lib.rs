@@ -161,6 +161,14 @@ impl L1Run {
             .unwrap_or_else(|| panic!("no counter {key}:\n{}", self.output))
     }
 
+    /// The lines that start with `prefix` (run-l1.sh's `L1-…` evidence).
+    pub fn lines_starting(&self, prefix: &str) -> Vec<&str> {
+        self.output
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .collect()
+    }
+
     pub fn has_line(&self, needle: &str) -> bool {
         self.output.lines().any(|l| l.contains(needle))
     }
@@ -306,20 +314,12 @@ pub fn run_in_l1_opts(scratch: &Path, opts: &L1Options, command: &[String]) -> L
         Irregular::Hung => {
             // Where L1's vCPUs were at the time limit (run-l1.sh): an L2
             // address means the vCPU was in guest mode.
-            let rips: Vec<&str> = run
-                .output
-                .lines()
-                .filter(|l| l.starts_with("L1-QEMU-MONITOR: RIP="))
-                .collect();
+            let rips = run.lines_starting("L1-QEMU-MONITOR: RIP=");
             format!("last={last:?} l1_rips={rips:?}")
         }
         Irregular::UnexpectedReset => {
             // L1 KVM's last events of the vCPU that shut down (run-l1.sh).
-            let kvm: Vec<&str> = run
-                .output
-                .lines()
-                .filter(|l| l.starts_with("L1-KVM-SHUTDOWN:"))
-                .collect();
+            let kvm = run.lines_starting("L1-KVM-SHUTDOWN:");
             format!("vmm={vmm:?} kvm={kvm:?}")
         }
     };
