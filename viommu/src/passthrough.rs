@@ -334,11 +334,8 @@ impl<T: ShadowTable + Copy + PartialEq> HostEndpoint<T> {
     /// if the host refuses that too, the device is blocked.
     fn reinstall_or_block(&mut self, to: HostAttachment, stats: &mut HostSyncStats) {
         self.attached = None;
-        match self.host.attach(to) {
-            Ok(()) => {
-                self.attached = Some(to);
-                stats.nested_attaches += 1;
-            }
+        match self.attach(to) {
+            Ok(()) => stats.nested_attaches += 1,
             Err(_) => self.block_after_host_error(stats),
         }
     }
@@ -350,8 +347,11 @@ impl<T: ShadowTable + Copy + PartialEq> HostEndpoint<T> {
     /// sync tries again.
     fn block_after_host_error(&mut self, stats: &mut HostSyncStats) {
         self.attached = None;
-        if self.leave_shadow(stats).is_ok() && self.host.attach(HostAttachment::Shadow).is_ok() {
-            self.attached = Some(HostAttachment::Shadow);
+        if self
+            .leave_shadow(stats)
+            .and_then(|_| self.attach(HostAttachment::Shadow))
+            .is_ok()
+        {
             self.set_mode(PassthroughMode::Blocked);
         }
     }
