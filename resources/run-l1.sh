@@ -300,15 +300,16 @@ fi
 watchdog=$(( ${L1_TIMEOUT:-600} > 80 ? ${L1_TIMEOUT:-600} - 40 : 40 ))
 
 # QEMU's monitor on a pair of FIFOs ($run/monitor.in, $run/monitor.out):
-# shortly before the time limit, the registers of every L1 vCPU go to the
-# console (`L1-QEMU-MONITOR:` lines), for an L1 that is frozen and so
-# cannot print its own watchdog lines (is a vCPU in L2 guest mode, where).
+# shortly before the time limit, the registers of every L1 vCPU and the
+# first one's local APIC (pending interrupts, timer) go to the console (`L1-QEMU-MONITOR:`
+# lines), for an L1 that is frozen and so cannot print its own watchdog
+# lines (is a vCPU in L2 guest mode, where; is an L1 interrupt waiting).
 mkfifo "$run/monitor.in" "$run/monitor.out"
 (
     sleep $(( ${L1_TIMEOUT:-600} > 20 ? ${L1_TIMEOUT:-600} - 8 : 12 ))
     timeout 5 cat "$run/monitor.out" | tr -d '\r' | grep -v "^(qemu)" |
         sed "s/^/L1-QEMU-MONITOR: /" >>"$run/monitor.log" &
-    printf 'info cpus\ninfo registers -a\n' >"$run/monitor.in"
+    printf 'info cpus\ninfo registers -a\ninfo lapic\n' >"$run/monitor.in"
     wait
 ) </dev/null >/dev/null 2>&1 8>&- &
 monitor=$!
