@@ -59,6 +59,7 @@ for ((i = 1; i <= runs; i++)); do
     file=${t%%:*} name=${t#*:}
     start=$(date +%s)
     log="$out/run.log"
+    touch "$out/.started"
     if VMM_TEST_ALLOW_RETRY= cargo test --release -q -p guest-tests --test "$file" "$name" \
             -- --exact >"$log" 2>&1; then
         verdict=ok passed=$((passed + 1))
@@ -67,7 +68,10 @@ for ((i = 1; i <= runs; i++)); do
         keep="$out/$i-$name"
         mkdir -p "$keep"
         cp "$log" "$keep/"
-        cp target/guest-tests/*/console*.log "$keep/" 2>/dev/null || true
+        # This run's consoles only (every test has its own scratch
+        # directory; the others' are from earlier runs).
+        find target/guest-tests -name 'console*.log' -newer "$out/.started" \
+            -exec cp --parents -t "$keep" {} + 2>/dev/null || true
     fi
     echo "run $i/$runs $t $verdict $(($(date +%s) - start))"
 done

@@ -129,9 +129,9 @@ pub struct HostCapabilities {
 
 /// The host side of one passthrough endpoint.
 ///
-/// Calls come from the model with its lock held, in the order the guest's
-/// invalidations require: when a call returns, the host translates as asked
-/// (so a guest's invalidation wait may complete).
+/// Calls come from one thread at a time, without the model's lock held, in
+/// the order the guest's invalidations require: when a call returns, the
+/// host translates as asked (so a guest's invalidation wait may complete).
 pub trait HostIommu: Send + Sync {
     /// The PCI requester ID the guest sees for this endpoint.
     fn requester_id(&self) -> u16;

@@ -423,5 +423,8 @@ fn merge(ranges: &mut Vec<(u64, u64)>) {
     *ranges = out;
 }
 
+mod host_sync;
 #[cfg(test)]
 mod tests;
+
+pub(crate) use host_sync::{HostSync, PlannedSync, SyncPlanner};

@@ -3,6 +3,9 @@
 //! what the invalidations removed, so a busy device of one domain does not
 //! hold up another domain's waits, and still holds up its own.
 //!
+//! A passthrough endpoint's host sync follows the same rule from the other
+//! side: it holds up the wait after its invalidation, and nothing else.
+//!
 //! The rig is a legacy-mode unit whose devices all translate through one
 //! second-stage table, each in a domain of its own (a guest may share
 //! tables between domains; the IOTLB, and so the fence, goes by domain).
@@ -15,6 +18,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::regs::*;
 use super::{IntelIommu, InterruptSink, VtdConfig};
+use crate::host::{HostAttachment, HostCapabilities, HostIommu, HostIommuError, HostMapping};
 use crate::{Access, DmaGuard, GuestMemoryMmap, Translate};
 
 struct Quiet;
@@ -310,4 +314,95 @@ fn register_based_invalidation_drains_its_domain() {
     let mut v = [0u8; 8];
     r.u.mmio_read(IOTLB as u64, &mut v);
     assert_eq!(u64::from_le_bytes(v) & IOTLB_IVT, 0, "done");
+}
+
+/// A passthrough endpoint's host whose calls take as long as a test keeps
+/// its gate shut (a slow map ioctl).
+#[derive(Default)]
+struct SlowHost {
+    shut: std::sync::Mutex<bool>,
+    opened: std::sync::Condvar,
+    calls: AtomicU64,
+}
+
+impl SlowHost {
+    fn gate(&self, shut: bool) {
+        *self.shut.lock().unwrap() = shut;
+        self.opened.notify_all();
+    }
+
+    fn call(&self) -> Result<(), HostIommuError> {
+        self.calls.fetch_add(1, Relaxed);
+        let mut shut = self.shut.lock().unwrap();
+        while *shut {
+            shut = self.opened.wait(shut).unwrap();
+        }
+        Ok(())
+    }
+}
+
+impl HostIommu for SlowHost {
+    fn requester_id(&self) -> u16 {
+        C
+    }
+    fn capabilities(&self) -> HostCapabilities {
+        HostCapabilities::default()
+    }
+    fn attach(&self, _: HostAttachment) -> Result<(), HostIommuError> {
+        self.call()
+    }
+    fn shadow_map(&self, _: &[HostMapping]) -> Result<(), HostIommuError> {
+        self.call()
+    }
+    fn shadow_unmap(&self, _: u64, _: u64) -> Result<(), HostIommuError> {
+        self.call()
+    }
+}
+
+/// A host sync runs outside the unit's lock: while the host is slow to
+/// follow an invalidation of the passthrough device's domain, other
+/// devices translate and the registers answer, and the guest's wait
+/// completes only once the host call is done.
+#[test]
+fn a_slow_host_sync_holds_up_its_wait_and_nothing_else() {
+    const DID_C: u16 = 3;
+    let r = Rig::new(true);
+    r.set_domain(C, DID_C);
+    r.submit(&[Desc::ContextGlobal]);
+    let host = Arc::new(SlowHost::default());
+    r.u.add_host_endpoint(host.clone());
+    let before = host.calls.load(Relaxed);
+    assert!(before > 0, "the endpoint was synced when it was added");
+    // The guest maps a second page and invalidates the domain; the host
+    // takes its time with the map.
+    r.put(
+        SL + 3 * 0x1000 + ((IOVA >> 12) + 1) * 8,
+        (DATA + 0x1000) | 3,
+    );
+    host.gate(true);
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| r.submit(&[Desc::IotlbDomain(DID_C)]));
+        let started = std::time::Instant::now();
+        while host.calls.load(Relaxed) == before && started.elapsed() < PROMPTLY {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let in_host_call = host.calls.load(Relaxed) > before;
+        let (tx, rx) = mpsc::channel();
+        let rig = &r;
+        let other = s.spawn(move || {
+            rig.translate(A);
+            let mut v = [0u8; 4];
+            rig.u.mmio_read(FSTS as u64, &mut v);
+            let _ = tx.send(());
+        });
+        let others_went_on = in_host_call && rx.recv_timeout(PROMPTLY).is_ok();
+        let wait_done_early = waiter.is_finished();
+        // Opened before the verdicts, so that a failing run ends.
+        host.gate(false);
+        waiter.join().unwrap();
+        other.join().unwrap();
+        assert!(in_host_call, "the invalidation reached the host");
+        assert!(others_went_on, "a translation waited for the host call");
+        assert!(!wait_done_early, "the wait completed before the host sync");
+    });
 }

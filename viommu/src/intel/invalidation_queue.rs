@@ -272,8 +272,7 @@ impl IntelIommu {
     /// descriptor runs once, in queue order (§6.5.2.11).
     pub(super) fn drive_queue<'a>(&'a self, mut held: MutexGuard<'a, State>) {
         if held.queue.busy {
-            self.sync_hosts(&mut held);
-            self.finish(held);
+            self.finish_synced(held);
             return;
         }
         held.queue.busy = true;
@@ -290,8 +289,7 @@ impl IntelIommu {
             let drain = std::mem::take(&mut st.queue.drain);
             // What the guest invalidated before the wait is in effect on
             // the host before the wait completes.
-            self.sync_hosts(&mut st);
-            self.finish(st);
+            self.finish_synced(st);
             self.fence.drain(&drain);
             st = self.lock();
             self.complete_wait(&mut st, open);
@@ -299,8 +297,7 @@ impl IntelIommu {
         // In the same hold of the lock as the last look at IQT: a tail
         // written from now on finds the engine idle and runs it.
         st.queue.busy = false;
-        self.sync_hosts(&mut st);
-        self.finish(st);
+        self.finish_synced(st);
     }
 
     /// Completes a wait once the fence drained, whatever software did to
@@ -387,7 +384,7 @@ impl IntelIommu {
                     2 => st.caches.flush_context_domain(did),
                     _ => st.caches.flush_context_device(sid, fm),
                 }
-                st.host_dirty.everything();
+                st.host.dirty.everything();
                 Self::to_drain(st, Invalidated::Everything);
                 Invalidation::ContextCache
             }
@@ -471,7 +468,7 @@ impl IntelIommu {
                     1 => st.caches.flush_pasid_selective(did, pasid),
                     _ => st.caches.flush_pasid_all(),
                 }
-                st.host_dirty.everything();
+                st.host.dirty.everything();
                 Self::to_drain(st, Invalidated::Everything);
                 Invalidation::PasidCache
             }

@@ -1,8 +1,10 @@
 //! The unit: its state, register side effects (global command,
-//! register-based invalidation), host sync and the translation entry
-//! points, all under one lock so that a translation and an invalidation
-//! never interleave (§6.5.2.8: an invalidation wait completes only after
-//! translations that started before it finished).
+//! register-based invalidation) and the translation entry points, all under
+//! one lock so that a translation and an invalidation never interleave
+//! (§6.5.2.8: an invalidation wait completes only after translations that
+//! started before it finished). The passthrough endpoints' host syncs are
+//! planned under that lock and carried out after it is released
+//! (`finish_synced`), so no translation waits for a host ioctl.
 //!
 //! The hardware objects the unit drives have files of their own, each an
 //! `impl IntelIommu` block over this state: the invalidation queue engine
@@ -26,7 +28,7 @@ use super::regs::*;
 use super::second_stage::SlTable;
 use super::translation::{self, Request, Resolved, WalkConfig};
 use crate::host::HostIommu;
-use crate::passthrough::{HostDirty, HostEndpoint, PassthroughMode};
+use crate::passthrough::{HostEndpoint, HostSync, PassthroughMode, PlannedSync, SyncPlanner};
 use crate::{
     Access, AtsEndpoint, DmaFault, DmaFence, FenceScope, GuestMemoryMmap, PageRequest, Translate,
     Translation,
@@ -155,10 +157,10 @@ pub(super) struct State {
     pub(super) endpoints: HashMap<u16, Weak<dyn AtsEndpoint>>,
     /// Messages to endpoints, delivered once the lock is released.
     pub(super) to_endpoints: Vec<(Arc<dyn AtsEndpoint>, EndpointMsg)>,
-    /// Passthrough endpoints, whose host IOMMU follows the guest.
-    pub(super) hosts: Vec<HostEndpoint<SlTable>>,
-    /// What the invalidations since the last host sync touched.
-    pub(super) host_dirty: HostDirty,
+    /// The passthrough endpoints' requester IDs and what the guest
+    /// invalidated since their last host sync: the half of the host sync
+    /// planned under the lock ([`IntelIommu::hosts`] is the other).
+    pub(super) host: SyncPlanner,
     /// The invalidation queue engine's own state.
     pub(super) queue: Engine,
     /// The domains each requester translated under: what scopes the
@@ -186,6 +188,11 @@ pub struct IntelIommu {
     pub(super) fence: Arc<DmaFence>,
     pub(super) mem: GuestMemoryMmap,
     sink: Arc<dyn InterruptSink>,
+    /// Passthrough endpoints, whose host IOMMU follows the guest. Synced
+    /// outside the unit's lock, in the guest's order (see
+    /// `passthrough/host_sync.rs`): a translation of an emulated device
+    /// never waits for a host ioctl.
+    hosts: HostSync<SlTable>,
     pub counters: Counters,
 }
 
@@ -209,14 +216,14 @@ impl IntelIommu {
                 remap_changed: false,
                 endpoints: HashMap::new(),
                 to_endpoints: Vec::new(),
-                hosts: Vec::new(),
-                host_dirty: HostDirty::default(),
+                host: SyncPlanner::default(),
                 queue: Engine::default(),
                 domain_users: DomainUsers::default(),
             }),
             fence: Arc::new(DmaFence::default()),
             mem,
             sink,
+            hosts: HostSync::default(),
             counters: Counters::default(),
         })
     }
@@ -226,11 +233,28 @@ impl IntelIommu {
     }
 
     /// Releases the lock, then delivers what the operation queued.
-    pub(super) fn finish(&self, mut st: MutexGuard<'_, State>) {
+    pub(super) fn finish(&self, st: MutexGuard<'_, State>) {
+        self.finish_with(st, None);
+    }
+
+    /// [`Self::finish`], and brings the passthrough endpoints' host IOMMU
+    /// in line with what the guest invalidated so far: planned under the
+    /// lock, applied once it is released, before anything is delivered
+    /// (an interrupt or a wait completion after this follows the sync).
+    pub(super) fn finish_synced(&self, mut st: MutexGuard<'_, State>) {
+        let plan = self.plan_host_sync(&mut st);
+        self.finish_with(st, plan);
+    }
+
+    fn finish_with(&self, mut st: MutexGuard<'_, State>, plan: Option<PlannedSync<SlTable>>) {
         let outbox = std::mem::take(&mut st.outbox);
         let changed = std::mem::take(&mut st.remap_changed);
         let messages = std::mem::take(&mut st.to_endpoints);
         drop(st);
+        if let Some(plan) = plan {
+            self.hosts
+                .apply(&self.mem, plan, |s| self.counters.add_host_sync(s));
+        }
         for (addr, data) in outbox {
             self.sink.send(addr, data);
         }
@@ -312,11 +336,12 @@ impl IntelIommu {
             Self::unmask(&mut st, PAGE_REQUEST_EVENT, pectl_before);
         }
         run_queue |= touches(offset, len, IQT, 8);
-        self.sync_hosts(&mut st);
+        // The queue engine syncs the hosts before it runs anything, and so
+        // takes what a register-based invalidation above touched too.
         if run_queue {
             self.drive_queue(st);
         } else {
-            self.finish(st);
+            self.finish_synced(st);
         }
         // A register-based invalidation completes (IVT or ICC reads 0)
         // only once the DMA that may use what it removed has drained
@@ -333,7 +358,7 @@ impl IntelIommu {
         if cmd & GCMD_SRTP != 0 {
             st.rtaddr = st.regs.get64(RTADDR);
             st.caches.clear();
-            st.host_dirty.everything();
+            st.host.dirty.everything();
             gsts |= GSTS_RTPS;
         }
         if cmd & GCMD_SIRTP != 0 {
@@ -354,7 +379,7 @@ impl IntelIommu {
         };
         if (cmd & GCMD_TE != 0) != (gsts & GSTS_TES != 0) {
             st.caches.clear();
-            st.host_dirty.everything();
+            st.host.dirty.everything();
         }
         set(&mut gsts, GSTS_TES, cmd & GCMD_TE != 0);
         let qie = cmd & GCMD_QIE != 0;
@@ -393,7 +418,7 @@ impl IntelIommu {
                 .flush_context_device((v >> 16) as u16, ((v >> 32) & 3) as u8),
             _ => {}
         }
-        st.host_dirty.everything();
+        st.host.dirty.everything();
         self.counters
             .bump_invalidation(Invalidation::ContextCommand);
         // Done: ICC clears and CAIG reports the granularity performed.
@@ -557,11 +582,10 @@ impl IntelIommu {
     }
 
     fn add_host_endpoint_with(&self, endpoint: HostEndpoint<SlTable>) {
+        let rid = self.hosts.add(endpoint);
         let mut st = self.lock();
-        st.hosts.push(endpoint);
-        st.host_dirty.everything();
-        self.sync_hosts(&mut st);
-        self.finish(st);
+        st.host.register(rid);
+        self.finish_synced(st);
     }
 
     /// The path each passthrough endpoint is on, by requester ID, and how
@@ -569,46 +593,40 @@ impl IntelIommu {
     pub fn passthrough_modes(
         &self,
     ) -> Vec<(u16, Option<PassthroughMode>, [u64; PassthroughMode::COUNT])> {
-        let st = self.lock();
-        st.hosts
-            .iter()
-            .map(|h| (h.host.requester_id(), h.mode, h.entered))
-            .collect()
+        self.hosts.with_endpoints(|hosts| {
+            hosts
+                .iter()
+                .map(|h| (h.host.requester_id(), h.mode, h.entered))
+                .collect()
+        })
     }
 
     /// Bytes the shadow spaces map right now.
     pub fn shadow_live_bytes(&self) -> u64 {
-        let st = self.lock();
-        st.hosts.iter().map(|h| h.shadow.live_bytes()).sum()
+        self.hosts
+            .with_endpoints(|hosts| hosts.iter().map(|h| h.shadow.live_bytes()).sum())
     }
 
     /// Records an IOTLB invalidation of granularity `g` (1 global, 2
     /// domain, 3 pages: 2^am pages at addr) for the passthrough endpoints.
     pub(super) fn iotlb_dirty(st: &mut State, g: u64, did: u16, addr: u64, am: u8) {
-        if st.hosts.is_empty() {
+        if !st.host.has_endpoints() {
             return;
         }
         match g {
-            1 => st.host_dirty.everything(),
-            2 => st.host_dirty.domain(did),
-            _ => dirty_pages(&mut st.host_dirty, did, addr, am),
+            1 => st.host.dirty.everything(),
+            2 => st.host.dirty.domain(did),
+            _ => dirty_pages(&mut st.host.dirty, did, addr, am),
         }
     }
 
-    /// Replays what the guest invalidated on the passthrough endpoints'
-    /// host IOMMU (under the unit's lock, so the next guest change waits).
-    pub(super) fn sync_hosts(&self, st: &mut State) {
-        if st.hosts.is_empty() || st.host_dirty.is_empty() {
-            return;
-        }
-        let dirty = std::mem::take(&mut st.host_dirty);
+    /// What the passthrough endpoints' host IOMMU must replay of the
+    /// guest's invalidations so far, with the guest structures each
+    /// endpoint's requests go through now (applied by `finish_with`).
+    fn plan_host_sync(&self, st: &mut State) -> Option<PlannedSync<SlTable>> {
         let cfg = Self::walk_config(st);
-        let State { hosts, caches, .. } = st;
-        for h in hosts.iter_mut() {
-            let domain = translation::device_domain(&self.mem, &cfg, caches, h.host.requester_id());
-            let stats = h.sync(&self.mem, domain.into(), &dirty);
-            self.counters.add_host_sync(&stats);
-        }
+        let State { host, caches, .. } = st;
+        host.plan(|rid| translation::device_domain(&self.mem, &cfg, caches, rid).into())
     }
 
     /// Whether interrupt remapping is on (routes must go through it).

@@ -264,3 +264,85 @@ fn a_refused_table_does_not_keep_the_bypass() {
         vec![HostAttachment::Bypass, HostAttachment::Shadow]
     );
 }
+
+/// A table with no leaves, shareable between threads.
+#[derive(Clone, Copy, PartialEq)]
+struct NoLeaves;
+
+impl ShadowTable for NoLeaves {
+    fn for_each_leaf(
+        &self,
+        _: &GuestMemoryMmap,
+        _: u64,
+        _: u64,
+        _: u64,
+        _: &mut dyn FnMut(LeafRange),
+    ) -> Result<LeafScan, LeafScanError> {
+        Ok(LeafScan::default())
+    }
+
+    fn input_end(&self) -> u64 {
+        1 << 39
+    }
+}
+
+/// Host syncs are planned under the model's lock and applied after it: the
+/// host sees them in the order they were planned, whichever thread reaches
+/// it first, and a sync that unwinds hands the turn on.
+#[test]
+fn host_syncs_are_applied_in_the_order_they_were_planned() {
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
+    let host = Arc::new(Host {
+        nesting: true,
+        ..Default::default()
+    });
+    let sync = HostSync::<NoLeaves>::default();
+    let mut planner = SyncPlanner::default();
+    assert!(!planner.has_endpoints());
+    planner.register(sync.add(HostEndpoint::new(host.clone())));
+    let table = first_stage(0x1000);
+    let mut plan = |domain: EndpointDomain<NoLeaves>| {
+        planner.dirty.everything();
+        planner.plan(|rid| {
+            assert_eq!(rid, 0x10);
+            domain
+        })
+    };
+    let first = plan(EndpointDomain::Identity).unwrap();
+    let second = plan(EndpointDomain::Stage1 { did: 1, table }).unwrap();
+    let third = plan(EndpointDomain::Identity).unwrap();
+    let unwinds = plan(EndpointDomain::Blocked).unwrap();
+    let last = plan(EndpointDomain::Identity).unwrap();
+    assert!(
+        planner
+            .plan(|_| EndpointDomain::<NoLeaves>::Blocked)
+            .is_none(),
+        "nothing changed since the last plan"
+    );
+    std::thread::scope(|s| {
+        let late = [
+            s.spawn(|| sync.apply(&mem, third, |_| {})),
+            s.spawn(|| sync.apply(&mem, second, |_| {})),
+        ];
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(
+            late.iter().all(|t| !t.is_finished()),
+            "a later plan went first"
+        );
+        sync.apply(&mem, first, |_| {});
+        for t in late {
+            t.join().unwrap();
+        }
+    });
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        sync.apply(&mem, unwinds, |_| panic!("a host call unwinds"))
+    }));
+    assert!(panicked.is_err());
+    sync.apply(&mem, last, |_| {});
+    use HostAttachment::{Bypass, Nested, Shadow};
+    assert_eq!(
+        *host.attached.lock().unwrap(),
+        vec![Bypass, Nested(table), Bypass, Shadow, Bypass]
+    );
+    sync.with_endpoints(|e| assert_eq!(e.len(), 1));
+}
