@@ -68,6 +68,19 @@ pub enum HostAttachment {
     Nested(Stage1Table),
 }
 
+/// Where requests with one PASID (other than the one the endpoint's
+/// requests without PASID use) go on the host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PasidAttachment {
+    /// Nowhere: the PASID is not attached, its requests fault on the host.
+    Detached,
+    /// IOVA = GPA over all guest RAM (the guest's pass-through for the
+    /// PASID), through the nest parent.
+    Bypass,
+    /// The guest's stage-1 table for the PASID, nested over guest RAM.
+    Nested(Stage1Table),
+}
+
 /// A guest stage-1 table as the host IOMMU takes it for nesting. One
 /// variant per vIOMMU architecture; the fields are the guest's own, read
 /// from its translation structures.
@@ -152,5 +165,22 @@ pub trait HostIommu: Send + Sync {
     fn invalidate_stage1(&self, batch: &[Stage1Invalidation]) -> Result<usize, HostIommuError> {
         let _ = batch;
         Err(HostIommuError::Unsupported("nested translation"))
+    }
+    /// Moves requests with `pasid` to `to` (a no-op when already there).
+    /// Only on a host that nests and gives the device PASIDs
+    /// ([`HostCapabilities::max_pasid_log2`]).
+    fn attach_pasid(&self, pasid: u32, to: PasidAttachment) -> Result<(), HostIommuError> {
+        let _ = (pasid, to);
+        Err(HostIommuError::Unsupported("PASID attach"))
+    }
+    /// [`Self::invalidate_stage1`] for the nested table attached to
+    /// `pasid`.
+    fn invalidate_stage1_pasid(
+        &self,
+        pasid: u32,
+        batch: &[Stage1Invalidation],
+    ) -> Result<usize, HostIommuError> {
+        let _ = (pasid, batch);
+        Err(HostIommuError::Unsupported("PASID attach"))
     }
 }

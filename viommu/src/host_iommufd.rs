@@ -10,6 +10,7 @@
 //! stage-1 table the model hands over becomes a nested HWPT on it. Which
 //! one the device is attached to is the model's choice.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
@@ -18,7 +19,7 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegio
 
 use crate::host::{
     HostAttachment, HostCapabilities, HostIommu, HostIommuError, HostMapping, HostPerm,
-    Stage1Invalidation, Stage1Table,
+    PasidAttachment, Stage1Invalidation, Stage1Table,
 };
 use crate::iommufd::{
     HwptAlloc, HwptData, InvalidateBatch, IoPerm, Iommufd, IommufdError, VtdInvalidation,
@@ -107,6 +108,15 @@ impl GuestRamIoas {
 /// again replaces the previous attachment.
 pub trait DeviceAttach: Send + Sync {
     fn attach(&self, pt_id: u32) -> Result<(), String>;
+    /// Attaches (or replaces) what requests with `pasid` go through.
+    fn attach_pasid(&self, pasid: u32, pt_id: u32) -> Result<(), String> {
+        let _ = (pasid, pt_id);
+        Err("PASID attach is not supported".into())
+    }
+    fn detach_pasid(&self, pasid: u32) -> Result<(), String> {
+        let _ = pasid;
+        Err("PASID attach is not supported".into())
+    }
 }
 
 /// What the host side did, for `--counters` and the benchmarks.
@@ -156,6 +166,9 @@ struct Attached {
     /// The nested HWPT of `HostAttachment::Nested`, destroyed when the
     /// device moves off it.
     nested_hwpt: Option<u32>,
+    /// The nested HWPTs attached to PASIDs, by PASID (a PASID on the nest
+    /// parent has none here).
+    pasid_hwpts: HashMap<u32, u32>,
 }
 
 /// One passthrough device on iommufd.
@@ -169,6 +182,12 @@ pub struct IommufdEndpoint {
     /// The NEST_PARENT HWPT over guest RAM (IOVA = GPA), when the nested
     /// path is taken (`caps.nesting`).
     nest_parent: Option<u32>,
+    /// Every table of the device was allocated for PASID use
+    /// (IOMMU_HWPT_ALLOC_PASID), so PASIDs can be attached: the host gives
+    /// the device PASIDs and took the flag on the nest parent. The kernel
+    /// then wants a flagged table on the requests without PASID too, so
+    /// the bypass path goes through the nest parent, not the IOAS.
+    pasid_tables: bool,
     mem: GuestMemoryMmap,
     caps: HostCapabilities,
     attached: Mutex<Attached>,
@@ -189,8 +208,24 @@ impl IommufdEndpoint {
     ) -> Result<Self, IommufdError> {
         let iommufd = guest_ram.iommufd().clone();
         let shadow_ioas = iommufd.ioas_alloc()?;
+        let mut pasid_tables = false;
         let nest_parent = if caps.nesting {
-            match iommufd.hwpt_alloc(&HwptAlloc::nest_parent(dev_id, guest_ram.id())) {
+            let mut req = HwptAlloc::nest_parent(dev_id, guest_ram.id());
+            req.flags.pasid = caps.max_pasid_log2 > 0;
+            // A host IOMMU without PASID support refuses the flag: the
+            // device then runs without PASIDs.
+            let first = iommufd.hwpt_alloc(&req);
+            let id = match first {
+                Ok(id) => {
+                    pasid_tables = req.flags.pasid;
+                    Ok(id)
+                }
+                Err(_) if req.flags.pasid => {
+                    iommufd.hwpt_alloc(&HwptAlloc::nest_parent(dev_id, guest_ram.id()))
+                }
+                Err(e) => Err(e),
+            };
+            match id {
                 Ok(id) => Some(id),
                 Err(e) => {
                     let _ = iommufd.destroy(shadow_ioas);
@@ -208,11 +243,13 @@ impl IommufdEndpoint {
             guest_ioas: guest_ram.id(),
             shadow_ioas,
             nest_parent,
+            pasid_tables,
             mem,
             caps,
             attached: Mutex::new(Attached {
                 to: Some(HostAttachment::Bypass),
                 nested_hwpt: None,
+                pasid_hwpts: HashMap::new(),
             }),
             counters: Arc::new(HostCounters::default()),
         })
@@ -235,82 +272,35 @@ impl IommufdEndpoint {
                 addr_width: addr_width as u32,
             },
         };
+        let mut req = HwptAlloc::nested(self.dev_id, parent, data);
+        req.flags.pasid = self.pasid_tables;
         let id = self
             .iommufd
-            .hwpt_alloc(&HwptAlloc::nested(self.dev_id, parent, data))
+            .hwpt_alloc(&req)
             .map_err(host_err("IOMMU_HWPT_ALLOC (nested)"))?;
         self.counters.nested_hwpts.fetch_add(1, Relaxed);
         Ok(id)
     }
-}
 
-impl Drop for IommufdEndpoint {
-    fn drop(&mut self) {
-        // The device may still be attached to the shadow IOAS or a nested
-        // HWPT, which then cannot be destroyed: move it back to guest RAM
-        // first.
-        let _ = self.device.attach(self.guest_ioas);
-        let attached = self.attached.get_mut().unwrap_or_else(|e| e.into_inner());
-        if let Some(id) = attached.nested_hwpt.take() {
-            let _ = self.iommufd.destroy(id);
-        }
-        if let Some(id) = self.nest_parent {
-            let _ = self.iommufd.destroy(id);
-        }
-        let _ = self.iommufd.destroy(self.shadow_ioas);
-    }
-}
-
-impl HostIommu for IommufdEndpoint {
-    fn requester_id(&self) -> u16 {
-        self.requester_id
-    }
-
-    fn capabilities(&self) -> HostCapabilities {
-        self.caps
-    }
-
-    fn attach(&self, to: HostAttachment) -> Result<(), HostIommuError> {
-        let mut attached = self.attached.lock().unwrap_or_else(|e| e.into_inner());
-        if attached.to == Some(to) {
-            return Ok(());
-        }
-        let (pt, nested) = match to {
+    /// The page table for `to`, and the nested HWPT allocated for it.
+    fn attachment_table(&self, to: HostAttachment) -> Result<(u32, Option<u32>), HostIommuError> {
+        Ok(match to {
             HostAttachment::Bypass => (self.guest_ioas, None),
             HostAttachment::Shadow => (self.shadow_ioas, None),
             HostAttachment::Nested(table) => {
                 let id = self.alloc_nested(&table)?;
                 (id, Some(id))
             }
-        };
-        self.counters.attach_ioctls.fetch_add(1, Relaxed);
-        // Unknown until the attach succeeds again.
-        attached.to = None;
-        if let Err(reason) = self.device.attach(pt) {
-            if let Some(id) = nested {
-                let _ = self.iommufd.destroy(id);
-            }
-            return Err(HostIommuError::Host {
-                op: "VFIO_DEVICE_ATTACH_IOMMUFD_PT",
-                reason,
-            });
-        }
-        // The device is off the previous nested table (attach replaces).
-        if let Some(old) = std::mem::replace(&mut attached.nested_hwpt, nested) {
-            let _ = self.iommufd.destroy(old);
-        }
-        attached.to = Some(to);
-        Ok(())
+        })
     }
 
-    fn invalidate_stage1(&self, batch: &[Stage1Invalidation]) -> Result<usize, HostIommuError> {
-        let attached = self.attached.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(hwpt) = attached.nested_hwpt else {
-            return Err(HostIommuError::Host {
-                op: "IOMMU_HWPT_INVALIDATE",
-                reason: "the device is not on a nested table".into(),
-            });
-        };
+    /// One IOMMU_HWPT_INVALIDATE of nested table `hwpt` with `batch`;
+    /// returns how many entries the host carried out.
+    fn invalidate_hwpt(
+        &self,
+        hwpt: u32,
+        batch: &[Stage1Invalidation],
+    ) -> Result<usize, HostIommuError> {
         let entries: Vec<VtdInvalidation> = batch
             .iter()
             .map(|i| VtdInvalidation::new(i.addr, i.npages, i.leaf))
@@ -335,6 +325,139 @@ impl HostIommu for IommufdEndpoint {
             }
             Some(e) => Err(host_err("IOMMU_HWPT_INVALIDATE")(e)),
         }
+    }
+}
+
+impl Drop for IommufdEndpoint {
+    fn drop(&mut self) {
+        // The device may still be attached to the shadow IOAS or a nested
+        // HWPT, which then cannot be destroyed: move it back to guest RAM
+        // first.
+        let _ = self.device.attach(self.guest_ioas);
+        let attached = self.attached.get_mut().unwrap_or_else(|e| e.into_inner());
+        for (pasid, id) in attached.pasid_hwpts.drain() {
+            let _ = self.device.detach_pasid(pasid);
+            let _ = self.iommufd.destroy(id);
+        }
+        if let Some(id) = attached.nested_hwpt.take() {
+            let _ = self.iommufd.destroy(id);
+        }
+        if let Some(id) = self.nest_parent {
+            let _ = self.iommufd.destroy(id);
+        }
+        let _ = self.iommufd.destroy(self.shadow_ioas);
+    }
+}
+
+impl HostIommu for IommufdEndpoint {
+    fn requester_id(&self) -> u16 {
+        self.requester_id
+    }
+
+    fn capabilities(&self) -> HostCapabilities {
+        self.caps
+    }
+
+    fn attach(&self, to: HostAttachment) -> Result<(), HostIommuError> {
+        let mut attached = self.attached.lock().unwrap_or_else(|e| e.into_inner());
+        if attached.to == Some(to) {
+            return Ok(());
+        }
+        let (pt, nested) = match (to, self.nest_parent) {
+            (HostAttachment::Bypass, Some(parent)) if self.pasid_tables => (parent, None),
+            _ => self.attachment_table(to)?,
+        };
+        self.counters.attach_ioctls.fetch_add(1, Relaxed);
+        // Unknown until the attach succeeds again.
+        attached.to = None;
+        if let Err(reason) = self.device.attach(pt) {
+            if let Some(id) = nested {
+                let _ = self.iommufd.destroy(id);
+            }
+            return Err(HostIommuError::Host {
+                op: "VFIO_DEVICE_ATTACH_IOMMUFD_PT",
+                reason,
+            });
+        }
+        // The device is off the previous nested table (attach replaces).
+        if let Some(old) = std::mem::replace(&mut attached.nested_hwpt, nested) {
+            let _ = self.iommufd.destroy(old);
+        }
+        attached.to = Some(to);
+        Ok(())
+    }
+
+    fn attach_pasid(&self, pasid: u32, to: PasidAttachment) -> Result<(), HostIommuError> {
+        if !self.pasid_tables {
+            return Err(HostIommuError::Unsupported("PASID attach"));
+        }
+        let parent = self
+            .nest_parent
+            .ok_or(HostIommuError::Unsupported("PASID attach"))?;
+        let mut attached = self.attached.lock().unwrap_or_else(|e| e.into_inner());
+        let nested = match to {
+            PasidAttachment::Detached => {
+                self.counters.attach_ioctls.fetch_add(1, Relaxed);
+                let r = self.device.detach_pasid(pasid);
+                if let Some(old) = attached.pasid_hwpts.remove(&pasid) {
+                    let _ = self.iommufd.destroy(old);
+                }
+                return r.map_err(|reason| HostIommuError::Host {
+                    op: "VFIO_DEVICE_DETACH_IOMMUFD_PT (PASID)",
+                    reason,
+                });
+            }
+            PasidAttachment::Bypass => None,
+            PasidAttachment::Nested(table) => Some(self.alloc_nested(&table)?),
+        };
+        self.counters.attach_ioctls.fetch_add(1, Relaxed);
+        if let Err(reason) = self.device.attach_pasid(pasid, nested.unwrap_or(parent)) {
+            if let Some(id) = nested {
+                let _ = self.iommufd.destroy(id);
+            }
+            return Err(HostIommuError::Host {
+                op: "VFIO_DEVICE_ATTACH_IOMMUFD_PT (PASID)",
+                reason,
+            });
+        }
+        // Replaced: the PASID is off its previous nested table.
+        let old = match nested {
+            Some(id) => attached.pasid_hwpts.insert(pasid, id),
+            None => attached.pasid_hwpts.remove(&pasid),
+        };
+        if let Some(old) = old {
+            let _ = self.iommufd.destroy(old);
+        }
+        Ok(())
+    }
+
+    fn invalidate_stage1_pasid(
+        &self,
+        pasid: u32,
+        batch: &[Stage1Invalidation],
+    ) -> Result<usize, HostIommuError> {
+        let hwpt = {
+            let attached = self.attached.lock().unwrap_or_else(|e| e.into_inner());
+            attached.pasid_hwpts.get(&pasid).copied()
+        };
+        let Some(hwpt) = hwpt else {
+            return Err(HostIommuError::Host {
+                op: "IOMMU_HWPT_INVALIDATE",
+                reason: format!("PASID {pasid} is not on a nested table"),
+            });
+        };
+        self.invalidate_hwpt(hwpt, batch)
+    }
+
+    fn invalidate_stage1(&self, batch: &[Stage1Invalidation]) -> Result<usize, HostIommuError> {
+        let attached = self.attached.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(hwpt) = attached.nested_hwpt else {
+            return Err(HostIommuError::Host {
+                op: "IOMMU_HWPT_INVALIDATE",
+                reason: "the device is not on a nested table".into(),
+            });
+        };
+        self.invalidate_hwpt(hwpt, batch)
     }
     fn shadow_map(&self, mappings: &[HostMapping]) -> Result<(), HostIommuError> {
         for m in mappings {

@@ -24,12 +24,15 @@
 //! The VT-d side (which guest structures give which domain, which
 //! invalidation dirties which range) is `intel/passthrough.rs`.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use log::{info, warn};
 
 use crate::guest_table::ShadowTable;
-use crate::host::{HostAttachment, HostIommu, HostIommuError, Stage1Invalidation, Stage1Table};
+use crate::host::{
+    HostAttachment, HostIommu, HostIommuError, PasidAttachment, Stage1Invalidation, Stage1Table,
+};
 use crate::shadow::{ShadowSpace, SyncStats};
 use crate::GuestMemoryMmap;
 
@@ -156,6 +159,9 @@ pub(crate) struct HostEndpoint<T> {
     /// (a table the host refuses) at every invalidation wait, so they are
     /// logged at the 1st, 2nd, 4th, 8th … only.
     host_errors: u64,
+    /// PASIDs attached on the host (None: unknown after a host error);
+    /// a PASID not here is detached (`passthrough/pasid.rs`).
+    pasids: BTreeMap<u32, Option<PasidAttachment>>,
 }
 
 impl<T: ShadowTable + Copy + PartialEq> HostEndpoint<T> {
@@ -176,6 +182,7 @@ impl<T: ShadowTable + Copy + PartialEq> HostEndpoint<T> {
             attached: None,
             warned_unfollowable: false,
             host_errors: 0,
+            pasids: BTreeMap::new(),
         }
     }
 
@@ -267,17 +274,23 @@ impl<T: ShadowTable + Copy + PartialEq> HostEndpoint<T> {
             }
         };
         if let Err(e) = result {
-            self.host_errors += 1;
-            if self.host_errors.is_power_of_two() {
-                warn!(
-                    "passthrough {rid:04x}: host IOMMU out of step with the guest: {e} \
-                     ({} such errors so far)",
-                    self.host_errors
-                );
-            }
-            stats.errors += 1;
+            self.host_error(&e, &mut stats);
         }
         stats
+    }
+
+    /// Counts a failed host call, logged at the 1st, 2nd, 4th … only.
+    fn host_error(&mut self, e: &HostIommuError, stats: &mut HostSyncStats) {
+        self.host_errors += 1;
+        if self.host_errors.is_power_of_two() {
+            warn!(
+                "passthrough {:04x}: host IOMMU out of step with the guest: {e} \
+                 ({} such errors so far)",
+                self.host.requester_id(),
+                self.host_errors
+            );
+        }
+        stats.errors += 1;
     }
 
     /// Blocks the endpoint: the shadow space, emptied. `unfollowable`
@@ -424,6 +437,7 @@ fn merge(ranges: &mut Vec<(u64, u64)>) {
 }
 
 mod host_sync;
+mod pasid;
 #[cfg(test)]
 mod tests;
 

@@ -242,6 +242,16 @@ impl DeviceAttach for VfioAttach {
     fn attach(&self, pt_id: u32) -> Result<(), String> {
         self.0.attach_hwpt(pt_id).map_err(|e| e.to_string())
     }
+    fn attach_pasid(&self, pasid: u32, pt_id: u32) -> Result<(), String> {
+        self.0
+            .attach_iommufd_pt_pasid(pt_id, pasid)
+            .map_err(|e| e.to_string())
+    }
+    fn detach_pasid(&self, pasid: u32) -> Result<(), String> {
+        self.0
+            .detach_iommufd_pt_pasid(pasid)
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// A passthrough device on the bus, for reset and counters at exit.

@@ -455,6 +455,7 @@ impl IntelIommu {
                     _ => st.caches.flush_iotlb_pages(did, Some(pasid), addr, am),
                 }
                 Self::iotlb_dirty(st, if granularity == 2 { 2 } else { 3 }, did, addr, am);
+                Self::pasid_announced(st, pasid);
                 Self::to_drain(st, Invalidated::Domain(did));
                 Invalidation::PasidIotlb
             }
@@ -465,7 +466,10 @@ impl IntelIommu {
             } => {
                 match granularity {
                     0 => st.caches.flush_pasid_domain(did),
-                    1 => st.caches.flush_pasid_selective(did, pasid),
+                    1 => {
+                        st.caches.flush_pasid_selective(did, pasid);
+                        Self::pasid_announced(st, pasid);
+                    }
                     _ => st.caches.flush_pasid_all(),
                 }
                 st.host.dirty.everything();

@@ -431,6 +431,29 @@ pub fn device_domain(
     caches: &mut Caches,
     sid: u16,
 ) -> DeviceDomain {
+    domain_of(mem, c, caches, sid, None)
+}
+
+/// [`device_domain`] for requests of `sid` with PASID `pasid`: the PASID
+/// entry's tables, or blocked where the requests would fault (legacy
+/// mode, PASIDs disabled in the context entry, no such entry).
+pub fn pasid_domain(
+    mem: &GuestMemoryMmap,
+    c: &WalkConfig,
+    caches: &mut Caches,
+    sid: u16,
+    pasid: u32,
+) -> DeviceDomain {
+    domain_of(mem, c, caches, sid, Some(pasid))
+}
+
+fn domain_of(
+    mem: &GuestMemoryMmap,
+    c: &WalkConfig,
+    caches: &mut Caches,
+    sid: u16,
+    with_pasid: Option<u32>,
+) -> DeviceDomain {
     if !c.enabled {
         return DeviceDomain::Identity;
     }
@@ -439,7 +462,7 @@ pub fn device_domain(
     }
     let req = Request {
         sid,
-        pasid: None,
+        pasid: with_pasid,
         iova: 0,
         write: false,
         privileged: false,
@@ -450,6 +473,9 @@ pub fn device_domain(
         record: false,
     };
     if !c.scalable_tables {
+        if with_pasid.is_some() {
+            return DeviceDomain::Blocked;
+        }
         return match legacy_context(mem, c, caches, &mut ctx) {
             Ok(CachedContext::Legacy(lc)) => match lc.tt {
                 TranslationType::PassThrough => DeviceDomain::Identity,
@@ -464,10 +490,13 @@ pub fn device_domain(
     let Ok(CachedContext::Scalable(sc)) = scalable_context(mem, c, caches, &mut ctx) else {
         return DeviceDomain::Blocked;
     };
-    let pasid = sc.rid_pasid;
-    if (sc.rid_pasid != 0 && !c.rid_pasid_supported)
-        || pasid as u64 >= sc.pasid_dir_entries as u64 * 64
-    {
+    let pasid = match with_pasid {
+        Some(p) if sc.pasid_enable => p,
+        Some(_) => return DeviceDomain::Blocked,
+        None if sc.rid_pasid != 0 && !c.rid_pasid_supported => return DeviceDomain::Blocked,
+        None => sc.rid_pasid,
+    };
+    if pasid as u64 >= sc.pasid_dir_entries as u64 * 64 {
         return DeviceDomain::Blocked;
     }
     let Ok(pe) = pasid_entry(mem, c, caches, sid, sc.pasid_dir, pasid) else {

@@ -620,13 +620,28 @@ impl IntelIommu {
         }
     }
 
+    /// The guest named `pasid` in a PASID-selective invalidation: its
+    /// entry may have been set up, so the passthrough endpoints follow it
+    /// (`passthrough/pasid.rs`).
+    pub(super) fn pasid_announced(st: &mut State, pasid: u32) {
+        if st.host.has_endpoints() {
+            st.host.pasids.note(pasid);
+        }
+    }
+
     /// What the passthrough endpoints' host IOMMU must replay of the
     /// guest's invalidations so far, with the guest structures each
     /// endpoint's requests go through now (applied by `finish_with`).
     fn plan_host_sync(&self, st: &mut State) -> Option<PlannedSync<SlTable>> {
         let cfg = Self::walk_config(st);
         let State { host, caches, .. } = st;
-        host.plan(|rid| translation::device_domain(&self.mem, &cfg, caches, rid).into())
+        host.plan(|rid, pasid| {
+            match pasid {
+                None => translation::device_domain(&self.mem, &cfg, caches, rid),
+                Some(p) => translation::pasid_domain(&self.mem, &cfg, caches, rid, p),
+            }
+            .into()
+        })
     }
 
     /// Whether interrupt remapping is on (routes must go through it).

@@ -24,6 +24,7 @@
 
 use std::sync::{Condvar, Mutex, MutexGuard};
 
+use super::pasid::{is_detached, TrackedPasids};
 use super::{EndpointDomain, HostDirty, HostEndpoint, HostSyncStats};
 use crate::guest_table::ShadowTable;
 use crate::GuestMemoryMmap;
@@ -33,9 +34,17 @@ use crate::GuestMemoryMmap;
 pub(crate) struct PlannedSync<T> {
     ticket: u64,
     dirty: HostDirty,
-    /// What each endpoint's requests go through, by requester ID, as the
-    /// model resolved it when planning.
-    domains: Vec<(u16, EndpointDomain<T>)>,
+    /// What each endpoint's requests go through, as the model resolved
+    /// it when planning.
+    endpoints: Vec<EndpointPlan<T>>,
+}
+
+struct EndpointPlan<T> {
+    rid: u16,
+    /// Requests without PASID.
+    domain: EndpointDomain<T>,
+    /// Requests with each PASID the model follows.
+    pasids: Vec<(u32, EndpointDomain<T>)>,
 }
 
 /// The model-side half, kept under the model's lock: which endpoints there
@@ -46,6 +55,8 @@ pub(crate) struct SyncPlanner {
     rids: Vec<u16>,
     /// What the invalidations since the last plan touched.
     pub dirty: HostDirty,
+    /// The PASIDs the guest announced entries for.
+    pub pasids: TrackedPasids,
     next_ticket: u64,
 }
 
@@ -64,22 +75,41 @@ impl SyncPlanner {
     }
 
     /// Takes what changed since the last plan, with `resolve` giving each
-    /// endpoint's domain now. None when nothing needs the host.
+    /// endpoint's domain now, for its requests without PASID (`None`) and
+    /// with each followed PASID. None when nothing needs the host.
+    ///
+    /// A PASID that resolves to nothing the host could attach on every
+    /// endpoint is in this plan (which detaches it) and then no longer
+    /// followed, so the set only holds PASIDs in use.
     pub fn plan<T>(
         &mut self,
-        mut resolve: impl FnMut(u16) -> EndpointDomain<T>,
+        mut resolve: impl FnMut(u16, Option<u32>) -> EndpointDomain<T>,
     ) -> Option<PlannedSync<T>> {
         if self.rids.is_empty() || self.dirty.is_empty() {
             return None;
         }
         let dirty = std::mem::take(&mut self.dirty);
-        let domains = self.rids.iter().map(|&rid| (rid, resolve(rid))).collect();
+        let pasids: Vec<u32> = self.pasids.iter().collect();
+        let endpoints: Vec<EndpointPlan<T>> = self
+            .rids
+            .iter()
+            .map(|&rid| EndpointPlan {
+                rid,
+                domain: resolve(rid, None),
+                pasids: pasids.iter().map(|&p| (p, resolve(rid, Some(p)))).collect(),
+            })
+            .collect();
+        for (i, &p) in pasids.iter().enumerate() {
+            if endpoints.iter().all(|e| is_detached(&e.pasids[i].1)) {
+                self.pasids.forget(p);
+            }
+        }
         let ticket = self.next_ticket;
         self.next_ticket += 1;
         Some(PlannedSync {
             ticket,
             dirty,
-            domains,
+            endpoints,
         })
     }
 }
@@ -154,9 +184,12 @@ impl<T: ShadowTable + Copy + PartialEq> HostSync<T> {
             guard: Some(g),
         };
         let g = turn.guard.as_mut().expect("the turn holds the lock");
-        for (rid, domain) in plan.domains {
-            if let Some(h) = g.list.iter_mut().find(|h| h.host.requester_id() == rid) {
-                stats(&h.sync(mem, domain, &plan.dirty));
+        for e in plan.endpoints {
+            if let Some(h) = g.list.iter_mut().find(|h| h.host.requester_id() == e.rid) {
+                stats(&h.sync(mem, e.domain, &plan.dirty));
+                for (pasid, domain) in &e.pasids {
+                    stats(&h.sync_pasid(*pasid, domain, &plan.dirty));
+                }
             }
         }
     }

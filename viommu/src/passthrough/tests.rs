@@ -9,7 +9,7 @@ use vm_memory::GuestAddress;
 
 use super::*;
 use crate::guest_table::{LeafRange, LeafScan, LeafScanError};
-use crate::host::{HostCapabilities, HostMapping};
+use crate::host::{HostCapabilities, HostMapping, PasidAttachment};
 
 #[test]
 fn ranges_merge() {
@@ -70,6 +70,11 @@ struct Host {
     refuse_shadow: bool,
     /// How many entries of a stage-1 batch the host takes (None: all).
     invalidations_taken: Option<usize>,
+    /// The device's PASID width on the host.
+    pasid_log2: u8,
+    /// PASID attachments, in order; nested ones fail when set.
+    pasid_attached: Mutex<Vec<(u32, PasidAttachment)>>,
+    refuse_nested_pasid: bool,
 }
 
 impl HostIommu for Host {
@@ -79,8 +84,22 @@ impl HostIommu for Host {
     fn capabilities(&self) -> HostCapabilities {
         HostCapabilities {
             nesting: self.nesting,
-            ..Default::default()
+            max_pasid_log2: self.pasid_log2,
         }
+    }
+    fn attach_pasid(&self, pasid: u32, to: PasidAttachment) -> Result<(), HostIommuError> {
+        if self.refuse_nested_pasid && matches!(to, PasidAttachment::Nested(_)) {
+            return Err(HostIommuError::Unsupported("this attachment"));
+        }
+        self.pasid_attached.lock().unwrap().push((pasid, to));
+        Ok(())
+    }
+    fn invalidate_stage1_pasid(
+        &self,
+        _: u32,
+        batch: &[Stage1Invalidation],
+    ) -> Result<usize, HostIommuError> {
+        Ok(self.invalidations_taken.unwrap_or(batch.len()))
     }
     fn attach(&self, to: HostAttachment) -> Result<(), HostIommuError> {
         let refused = match to {
@@ -303,8 +322,8 @@ fn host_syncs_are_applied_in_the_order_they_were_planned() {
     let table = first_stage(0x1000);
     let mut plan = |domain: EndpointDomain<NoLeaves>| {
         planner.dirty.everything();
-        planner.plan(|rid| {
-            assert_eq!(rid, 0x10);
+        planner.plan(|rid, pasid| {
+            assert_eq!((rid, pasid), (0x10, None));
             domain
         })
     };
@@ -315,7 +334,7 @@ fn host_syncs_are_applied_in_the_order_they_were_planned() {
     let last = plan(EndpointDomain::Identity).unwrap();
     assert!(
         planner
-            .plan(|_| EndpointDomain::<NoLeaves>::Blocked)
+            .plan(|_, _| EndpointDomain::<NoLeaves>::Blocked)
             .is_none(),
         "nothing changed since the last plan"
     );
@@ -345,4 +364,63 @@ fn host_syncs_are_applied_in_the_order_they_were_planned() {
         vec![Bypass, Nested(table), Bypass, Shadow, Bypass]
     );
     sync.with_endpoints(|e| assert_eq!(e.len(), 1));
+}
+
+/// A PASID's nested table follows the same rules as the device's: a batch
+/// the host takes only part of installs the table afresh, a table the host
+/// refuses leaves the PASID detached (never on what it had), and a PASID
+/// past the device's width on the host is never attached.
+#[test]
+fn pasid_tables_are_reinstalled_refused_or_out_of_range() {
+    let table = first_stage(0x1000);
+    let stage1 = EndpointDomain::<NoLeaves>::Stage1 { did: 2, table };
+    let mut some = HostDirty::default();
+    some.range(Some(2), 0x3000, 0x5000);
+    let host = Arc::new(Host {
+        nesting: true,
+        pasid_log2: 4,
+        invalidations_taken: Some(0),
+        ..Default::default()
+    });
+    let mut ep = HostEndpoint::new(host.clone());
+    let s = ep.sync_pasid(3, &stage1, &some);
+    assert_eq!((s.nested_attaches, s.errors), (1, 0));
+    let s = ep.sync_pasid(3, &stage1, &some);
+    assert_eq!((s.nested_attaches, s.errors, s.stage1_batches), (1, 1, 1));
+    let nested = PasidAttachment::Nested(table);
+    assert_eq!(*host.pasid_attached.lock().unwrap(), vec![(3, nested); 2]);
+    // Past 2^4: nothing.
+    let s = ep.sync_pasid(16, &stage1, &some);
+    assert_eq!((s.nested_attaches, s.errors), (0, 0));
+    assert_eq!(host.pasid_attached.lock().unwrap().len(), 2);
+
+    let host = Arc::new(Host {
+        nesting: true,
+        pasid_log2: 4,
+        refuse_nested_pasid: true,
+        ..Default::default()
+    });
+    let mut ep = HostEndpoint::new(host.clone());
+    ep.sync_pasid(3, &EndpointDomain::Identity, &some);
+    let s = ep.sync_pasid(3, &stage1, &some);
+    assert_eq!(s.errors, 1);
+    assert_eq!(
+        *host.pasid_attached.lock().unwrap(),
+        vec![(3, PasidAttachment::Bypass), (3, PasidAttachment::Detached)]
+    );
+    // Detached is known: a later blocked entry costs no call.
+    ep.sync_pasid(3, &EndpointDomain::Blocked, &some);
+    assert_eq!(host.pasid_attached.lock().unwrap().len(), 2);
+}
+
+/// The model follows at most `MAX_TRACKED_PASIDS` PASIDs, and never
+/// PASID 0 (the device's requests without PASID).
+#[test]
+fn tracked_pasids_are_bounded() {
+    let mut t = super::pasid::TrackedPasids::default();
+    for p in 0..10_000 {
+        t.note(p);
+    }
+    assert_eq!(t.iter().count(), super::pasid::MAX_TRACKED_PASIDS);
+    assert_eq!(t.iter().next(), Some(1));
 }

@@ -4,7 +4,7 @@
 use super::*;
 use crate::host::{
     HostAttachment, HostCapabilities, HostIommu, HostIommuError, HostMapping, HostPerm,
-    Stage1Invalidation, Stage1Table,
+    PasidAttachment, Stage1Invalidation, Stage1Table,
 };
 use crate::intel::PassthroughMode;
 
@@ -14,6 +14,8 @@ enum Call {
     Map(u64, u64, u64, HostPerm),
     Unmap(u64, u64),
     Invalidate(Vec<Stage1Invalidation>),
+    AttachPasid(u32, PasidAttachment),
+    InvalidatePasid(u32, Vec<Stage1Invalidation>),
 }
 
 /// Records what the unit asks of the host.
@@ -21,6 +23,8 @@ enum Call {
 struct FakeHost {
     calls: Mutex<Vec<Call>>,
     nesting: bool,
+    /// The device's PASID width on the host (0: no PASIDs).
+    pasid_log2: u8,
 }
 
 impl FakeHost {
@@ -36,12 +40,28 @@ impl HostIommu for FakeHost {
     fn capabilities(&self) -> HostCapabilities {
         HostCapabilities {
             nesting: self.nesting,
-            ..Default::default()
+            max_pasid_log2: self.pasid_log2,
         }
     }
     fn attach(&self, to: HostAttachment) -> Result<(), HostIommuError> {
         self.calls.lock().unwrap().push(Call::Attach(to));
         Ok(())
+    }
+    fn attach_pasid(&self, pasid: u32, to: PasidAttachment) -> Result<(), HostIommuError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(Call::AttachPasid(pasid, to));
+        Ok(())
+    }
+    fn invalidate_stage1_pasid(
+        &self,
+        pasid: u32,
+        b: &[Stage1Invalidation],
+    ) -> Result<usize, HostIommuError> {
+        let call = Call::InvalidatePasid(pasid, b.to_vec());
+        self.calls.lock().unwrap().push(call);
+        Ok(b.len())
     }
     fn invalidate_stage1(&self, b: &[Stage1Invalidation]) -> Result<usize, HostIommuError> {
         self.calls
@@ -357,4 +377,114 @@ fn first_stage_tables_are_nested_on_a_host_that_nests() {
     assert_eq!(mode(&r), Some(PassthroughMode::Blocked));
     assert_eq!(r.u.counters.host_errors.load(Relaxed), 0);
     assert_eq!(r.u.counters.host_stage1_batches.load(Relaxed), 3);
+}
+
+fn stage1(pgtbl_addr: u64, sre: bool) -> Stage1Table {
+    Stage1Table::VtdFirstStage {
+        pgtbl_addr,
+        addr_width: 48,
+        sre,
+        wpe: false,
+    }
+}
+
+/// PASIDs other than RID_PASID follow their PASID entries on a host that
+/// nests and gives the device PASIDs. A PASID-selective PASID-cache
+/// invalidation announces one; a first-stage entry becomes a nested table
+/// on the PASID, whose P_IOTLB invalidations go down as one batch to that
+/// PASID's table; a pass-through entry puts the PASID on the nest parent;
+/// a cleared entry detaches it, and it is no longer followed.
+#[test]
+fn pasids_follow_their_entries_on_a_host_that_nests() {
+    let (r, fl) = fs_rig();
+    let host = Arc::new(FakeHost {
+        nesting: true,
+        pasid_log2: 8,
+        ..Default::default()
+    });
+    r.u.add_host_endpoint(host.clone());
+    assert_eq!(host.take(), vec![Call::Attach(fs(fl, 48, true))]);
+    r.qi_enable(false);
+    let all = || vec![Stage1Invalidation::ALL];
+
+    // PASID 5: a first-stage table of its own, in domain DID + 1.
+    let fl5 = r.alloc();
+    r.map_fl(fl5, 4, 0x8000, DATA, P | RW | US);
+    let mut pe = pe_first(fl5, 4, false, false);
+    pe[1] = DID + 1;
+    r.pasid_entry(5, pe);
+    r.submit(&[d_pc(1, DID + 1, 5), d_wait(false, Some((STATUS, 1)))]);
+    let nested5 = PasidAttachment::Nested(stage1(fl5, false));
+    assert_eq!(
+        host.take(),
+        vec![Call::Invalidate(all()), Call::AttachPasid(5, nested5)]
+    );
+
+    // Its invalidations reach its table, in one call, and not the RID's.
+    r.submit(&[
+        d_piotlb(3, DID + 1, 5, 0x8000, 0),
+        d_piotlb(3, DID + 1, 5, 0x10_0000, 1),
+        d_wait(false, Some((STATUS, 1))),
+    ]);
+    assert_eq!(
+        host.take(),
+        vec![Call::InvalidatePasid(
+            5,
+            vec![inv(0x8000, 1), inv(0x10_0000, 2)]
+        )]
+    );
+
+    // PASID 7 passes through: the nest parent.
+    let mut pe = pe_pass_through();
+    pe[1] = DID + 2;
+    r.pasid_entry(7, pe);
+    r.submit(&[d_pc(1, DID + 2, 7), d_wait(false, Some((STATUS, 1)))]);
+    assert_eq!(
+        host.take(),
+        vec![
+            Call::Invalidate(all()),
+            Call::InvalidatePasid(5, all()),
+            Call::AttachPasid(7, PasidAttachment::Bypass),
+        ]
+    );
+
+    // PASID 5's entry is cleared: detached, and then no longer followed.
+    r.pasid_entry(5, [0, 0, 0]);
+    r.submit(&[d_pc(1, DID + 1, 5), d_wait(false, Some((STATUS, 1)))]);
+    assert_eq!(
+        host.take(),
+        vec![
+            Call::Invalidate(all()),
+            Call::AttachPasid(5, PasidAttachment::Detached)
+        ]
+    );
+    r.submit(&[d_pc(1, DID + 2, 7), d_wait(false, Some((STATUS, 1)))]);
+    assert_eq!(host.take(), vec![Call::Invalidate(all())]);
+    assert_eq!(r.u.counters.host_errors.load(Relaxed), 0);
+}
+
+/// Without nesting on the host, or without PASIDs for the device, PASID
+/// entries cost no host call: the PASIDs stay detached.
+#[test]
+fn pasids_stay_detached_without_host_pasids() {
+    for (nesting, pasid_log2) in [(true, 0), (false, 8)] {
+        let (r, fl) = fs_rig();
+        let host = Arc::new(FakeHost {
+            nesting,
+            pasid_log2,
+            ..Default::default()
+        });
+        r.u.add_host_endpoint(host.clone());
+        host.take();
+        r.qi_enable(false);
+        r.pasid_entry(5, pe_first(fl, 4, false, false));
+        r.submit(&[d_pc(1, DID, 5), d_wait(false, Some((STATUS, 1)))]);
+        let calls = host.take();
+        assert!(
+            !calls
+                .iter()
+                .any(|c| matches!(c, Call::AttachPasid(..) | Call::InvalidatePasid(..))),
+            "{calls:?}"
+        );
+    }
 }
