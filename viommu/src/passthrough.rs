@@ -228,7 +228,7 @@ impl<T: ShadowTable + Copy + PartialEq> HostEndpoint<T> {
                     if self.attached == Some(to) {
                         // The same table: what the guest changed in it is
                         // in the batch.
-                        self.forward_stage1(did, dirty, &mut stats)
+                        self.forward_stage1(None, did, dirty, &mut stats)
                             .inspect_err(|_| self.reinstall_or_block(to, &mut stats))
                     } else {
                         // A freshly installed table has nothing cached.
@@ -318,9 +318,11 @@ impl<T: ShadowTable + Copy + PartialEq> HostEndpoint<T> {
     }
 
     /// Forwards what the batch invalidated in domain `did` to the nested
-    /// table, as one host call.
+    /// table of the requests without PASID (`pasid` None) or with `pasid`,
+    /// as one host call.
     fn forward_stage1(
         &mut self,
+        pasid: Option<u32>,
         did: u16,
         dirty: &HostDirty,
         stats: &mut HostSyncStats,
@@ -331,7 +333,10 @@ impl<T: ShadowTable + Copy + PartialEq> HostEndpoint<T> {
         }
         stats.stage1_batches += 1;
         stats.stage1_invalidations += batch.len() as u64;
-        let done = self.host.invalidate_stage1(&batch)?;
+        let done = match pasid {
+            None => self.host.invalidate_stage1(&batch)?,
+            Some(p) => self.host.invalidate_stage1_pasid(p, &batch)?,
+        };
         if done < batch.len() {
             return Err(HostIommuError::Host {
                 op: "stage-1 invalidation",

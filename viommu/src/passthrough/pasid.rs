@@ -17,7 +17,7 @@ use std::collections::BTreeSet;
 
 use log::warn;
 
-use super::{stage1_batch, EndpointDomain, HostDirty, HostEndpoint, HostSyncStats};
+use super::{EndpointDomain, HostDirty, HostEndpoint, HostSyncStats};
 use crate::guest_table::ShadowTable;
 use crate::host::{HostIommuError, PasidAttachment};
 
@@ -98,7 +98,7 @@ impl<T: ShadowTable + Copy + PartialEq> HostEndpoint<T> {
         let result = if have == Some(want) {
             match (want, domain) {
                 (PasidAttachment::Nested(_), EndpointDomain::Stage1 { did, .. }) => self
-                    .forward_stage1_pasid(pasid, *did, dirty, &mut stats)
+                    .forward_stage1(Some(pasid), *did, dirty, &mut stats)
                     .or_else(|e| {
                         // Stale translations may be cached: a fresh table
                         // has none (else the PASID is detached).
@@ -149,28 +149,5 @@ impl<T: ShadowTable + Copy + PartialEq> HostEndpoint<T> {
             }
         }
         r
-    }
-
-    fn forward_stage1_pasid(
-        &mut self,
-        pasid: u32,
-        did: u16,
-        dirty: &HostDirty,
-        stats: &mut HostSyncStats,
-    ) -> Result<(), HostIommuError> {
-        let batch = stage1_batch(did, dirty);
-        if batch.is_empty() {
-            return Ok(());
-        }
-        stats.stage1_batches += 1;
-        stats.stage1_invalidations += batch.len() as u64;
-        let done = self.host.invalidate_stage1_pasid(pasid, &batch)?;
-        if done < batch.len() {
-            return Err(HostIommuError::Host {
-                op: "stage-1 invalidation",
-                reason: format!("the host took {done} of {} entries", batch.len()),
-            });
-        }
-        Ok(())
     }
 }
