@@ -138,6 +138,9 @@ pub struct HostCapabilities {
     pub nesting: bool,
     /// Width of the device's PASIDs as the host reports them (0: none).
     pub max_pasid_log2: u8,
+    /// The device sends page requests (PRI) and the vIOMMU takes them:
+    /// nested tables get a fault queue, whose requests go to the guest.
+    pub page_requests: bool,
 }
 
 /// The host side of one passthrough endpoint.

@@ -22,8 +22,8 @@ use crate::host::{
     PasidAttachment, Stage1Invalidation, Stage1Table,
 };
 use crate::iommufd::{
-    HwptAlloc, HwptData, InvalidateBatch, IoPerm, Iommufd, IommufdError, VtdInvalidation,
-    VTD_S1_SRE, VTD_S1_WPE,
+    FaultQueue, HwptAlloc, HwptData, InvalidateBatch, IoPerm, Iommufd, IommufdError,
+    VtdInvalidation, VTD_S1_SRE, VTD_S1_WPE,
 };
 use crate::GuestMemoryMmap;
 
@@ -188,6 +188,10 @@ pub struct IommufdEndpoint {
     /// then wants a flagged table on the requests without PASID too, so
     /// the bypass path goes through the nest parent, not the IOAS.
     pasid_tables: bool,
+    /// Where the host queues the device's page requests on its nested
+    /// tables (`caps.page_requests` on the nested path); the VMM forwards
+    /// them to the guest (`passthrough::page_requests`).
+    fault_queue: Option<Arc<FaultQueue>>,
     mem: GuestMemoryMmap,
     caps: HostCapabilities,
     attached: Mutex<Attached>,
@@ -235,6 +239,19 @@ impl IommufdEndpoint {
         } else {
             None
         };
+        let fault_queue = match nest_parent {
+            Some(_) if caps.page_requests => match iommufd.fault_queue_alloc() {
+                Ok(q) => Some(Arc::new(q)),
+                Err(e) => {
+                    if let Some(id) = nest_parent {
+                        let _ = iommufd.destroy(id);
+                    }
+                    let _ = iommufd.destroy(shadow_ioas);
+                    return Err(e);
+                }
+            },
+            _ => None,
+        };
         Ok(IommufdEndpoint {
             requester_id,
             iommufd,
@@ -244,6 +261,7 @@ impl IommufdEndpoint {
             shadow_ioas,
             nest_parent,
             pasid_tables,
+            fault_queue,
             mem,
             caps,
             attached: Mutex::new(Attached {
@@ -274,12 +292,19 @@ impl IommufdEndpoint {
         };
         let mut req = HwptAlloc::nested(self.dev_id, parent, data);
         req.flags.pasid = self.pasid_tables;
+        req.fault_id = self.fault_queue.as_ref().map(|q| q.id());
         let id = self
             .iommufd
             .hwpt_alloc(&req)
             .map_err(host_err("IOMMU_HWPT_ALLOC (nested)"))?;
         self.counters.nested_hwpts.fetch_add(1, Relaxed);
         Ok(id)
+    }
+
+    /// The queue of the device's page requests, when its nested tables
+    /// have one.
+    pub fn fault_queue(&self) -> Option<Arc<FaultQueue>> {
+        self.fault_queue.clone()
     }
 
     /// The page table for `to`, and the nested HWPT allocated for it.

@@ -442,6 +442,7 @@ fn merge(ranges: &mut Vec<(u64, u64)>) {
 }
 
 mod host_sync;
+pub mod page_requests;
 mod pasid;
 #[cfg(test)]
 mod tests;

@@ -371,6 +371,7 @@ pub fn build(cli: &Cli) -> Result<Vm, VmmError> {
             )
             .map_err(|e| VmmError::Setup(format!("vfio{i} at {bdf}: {e}")))?;
             bars.assign(&mut dev)?;
+            let has_pri = dev.has_pri();
             root.add_device(bdf, Arc::new(Mutex::new(dev)));
             let counters = match behind {
                 Some(unit) => {
@@ -385,6 +386,8 @@ pub fn build(cli: &Cli) -> Result<Vm, VmmError> {
                         // cannot nest: every device there is shadowed.
                         caps.nesting = false;
                     }
+                    // The unit takes page requests when it has PASIDs.
+                    caps.page_requests = has_pri && vtd.is_some_and(|v| v.pasid_bits > 0);
                     let ep = viommu::host_iommufd::IommufdEndpoint::new(
                         bdf.0,
                         &pt.guest_ram,
@@ -395,6 +398,9 @@ pub fn build(cli: &Cli) -> Result<Vm, VmmError> {
                     )
                     .map_err(|e| VmmError::Setup(format!("vfio{i}: host address spaces: {e}")))?;
                     let counters = ep.counters.clone();
+                    if let Some(queue) = ep.fault_queue() {
+                        subscribers.push(page_request_watch(bdf.0, queue, &unit));
+                    }
                     unit.add_host_endpoint(Arc::new(ep));
                     Some(counters)
                 }
@@ -577,4 +583,28 @@ fn spawn_stdin(serial: Arc<SerialPort>) -> Result<(), VmmError> {
         })
         .map(|_| ())
         .map_err(|e| VmmError::Setup(e.to_string()))
+}
+
+/// Forwards the page requests the host queues for passthrough device
+/// `requester_id` into `unit`'s page request queue, and the guest's
+/// responses back (the bridge is the device's endpoint at the unit).
+fn page_request_watch(
+    requester_id: u16,
+    queue: Arc<viommu::iommufd::FaultQueue>,
+    unit: &Arc<IntelIommu>,
+) -> Subscriber {
+    use viommu::passthrough::page_requests::PageRequestBridge;
+    use viommu::Translate;
+    let bridge = Arc::new(PageRequestBridge::new(
+        requester_id,
+        queue.clone(),
+        unit.clone(),
+    ));
+    let endpoint: Arc<dyn viommu::AtsEndpoint> = bridge.clone();
+    unit.register_endpoint(requester_id, Arc::downgrade(&endpoint));
+    log::info!("passthrough {requester_id:04x}: page requests go to the guest");
+    Arc::new(Mutex::new(crate::page_requests::PageRequestWatch {
+        queue,
+        bridge,
+    }))
 }

@@ -7,6 +7,7 @@ mod exit;
 mod interrupts;
 mod logger;
 mod memory_slots;
+mod page_requests;
 mod passthrough;
 mod tsc;
 mod vcpu;

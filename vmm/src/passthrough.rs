@@ -34,6 +34,7 @@ impl OpenedDevice {
         HostCapabilities {
             nesting: self.nesting,
             max_pasid_log2: self.pasid_width(),
+            page_requests: false,
         }
     }
 

@@ -144,6 +144,12 @@ impl VfioPciDevice {
         })
     }
 
+    /// Whether the function has a PRI capability (it can send page
+    /// requests, which the host then hands to the VMM).
+    pub fn has_pri(&self) -> bool {
+        self.config.caps().pri.is_some()
+    }
+
     pub fn requester_id(&self) -> u16 {
         self.requester_id
     }

@@ -85,6 +85,7 @@ impl HostIommu for Host {
         HostCapabilities {
             nesting: self.nesting,
             max_pasid_log2: self.pasid_log2,
+            page_requests: false,
         }
     }
     fn attach_pasid(&self, pasid: u32, to: PasidAttachment) -> Result<(), HostIommuError> {
@@ -423,4 +424,165 @@ fn tracked_pasids_are_bounded() {
     }
     assert_eq!(t.iter().count(), super::pasid::MAX_TRACKED_PASIDS);
     assert_eq!(t.iter().next(), Some(1));
+}
+
+mod page_requests {
+    use std::sync::atomic::Ordering::Relaxed;
+
+    use super::super::page_requests::{HostPageRequests, PageRequestBridge, MAX_OPEN_GROUPS};
+    use super::*;
+    use crate::iommufd::{IommufdError, PageFault, PageResponseCode};
+    use crate::{Access, AtsEndpoint, DmaFault, PageRequest, Translate, Translation};
+
+    /// The host's fault queue: what it hands over, and the answers.
+    #[derive(Default)]
+    struct Queue {
+        pending: Mutex<Vec<PageFault>>,
+        answers: Mutex<Vec<(u32, PageResponseCode)>>,
+    }
+
+    impl HostPageRequests for Queue {
+        fn read(&self) -> Result<Vec<PageFault>, IommufdError> {
+            Ok(std::mem::take(&mut *self.pending.lock().unwrap()))
+        }
+        fn respond(&self, cookie: u32, code: PageResponseCode) -> Result<(), IommufdError> {
+            self.answers.lock().unwrap().push((cookie, code));
+            Ok(())
+        }
+    }
+
+    /// The emulated IOMMU's page request queue, which may be full.
+    #[derive(Default)]
+    struct Prq {
+        queued: Mutex<Vec<PageRequest>>,
+        full: std::sync::atomic::AtomicBool,
+    }
+
+    impl Translate for Prq {
+        fn translate(
+            &self,
+            _: u16,
+            _: Option<u32>,
+            _: u64,
+            _: u64,
+            _: Access,
+        ) -> Result<Vec<Translation>, DmaFault> {
+            unreachable!("the bridge translates nothing")
+        }
+        fn page_request(&self, req: &PageRequest) -> Result<(), DmaFault> {
+            if self.full.load(Relaxed) {
+                return Err(DmaFault::Blocked {
+                    iova: req.address,
+                    len: 0,
+                    reason: "full".into(),
+                });
+            }
+            self.queued.lock().unwrap().push(*req);
+            Ok(())
+        }
+    }
+
+    fn fault(pasid: Option<u32>, grpid: u32, addr: u64, last: bool, cookie: u32) -> PageFault {
+        let mut flags = 0;
+        if pasid.is_some() {
+            flags |= PageFault::FLAG_PASID_VALID;
+        }
+        if last {
+            flags |= PageFault::FLAG_LAST_PAGE;
+        }
+        PageFault {
+            flags,
+            dev_id: 1,
+            pasid: pasid.unwrap_or(0),
+            grpid,
+            perm: PageFault::PERM_READ | PageFault::PERM_WRITE,
+            addr,
+            length: 0,
+            cookie,
+        }
+    }
+
+    fn rig() -> (Arc<Queue>, Arc<Prq>, PageRequestBridge) {
+        let (q, prq) = (Arc::new(Queue::default()), Arc::new(Prq::default()));
+        let b = PageRequestBridge::new(0x10, q.clone(), prq.clone());
+        (q, prq, b)
+    }
+
+    /// A group of two requests reaches the guest's queue as the device
+    /// sent it; the guest's response goes back with the group's cookie,
+    /// once.
+    #[test]
+    fn a_page_request_group_goes_to_the_guest_and_its_answer_back() {
+        let (q, prq, b) = rig();
+        *q.pending.lock().unwrap() = vec![
+            fault(Some(5), 3, 0x7000_0123, false, 41),
+            fault(Some(5), 3, 0x7000_1000, true, 42),
+        ];
+        b.forward();
+        let queued = prq.queued.lock().unwrap().clone();
+        assert_eq!(queued.len(), 2);
+        assert_eq!(
+            queued[0],
+            PageRequest {
+                requester_id: 0x10,
+                pasid: Some(5),
+                address: 0x7000_0000,
+                read: true,
+                write: true,
+                exec: false,
+                privileged: false,
+                prg_index: 3,
+                last: false,
+            }
+        );
+        assert!(queued[1].last);
+        b.page_response(Some(5), 3, 0);
+        b.page_response(Some(5), 3, 0);
+        b.page_response(None, 3, 0);
+        assert_eq!(
+            *q.answers.lock().unwrap(),
+            vec![(42, PageResponseCode::Success)]
+        );
+        assert_eq!(b.counters.stray_responses.load(Relaxed), 2);
+        // Response failure (0xf) and invalid request (1) both fail.
+        *q.pending.lock().unwrap() = vec![fault(None, 7, 0x1000, true, 43)];
+        b.forward();
+        b.page_response(None, 7, 0xf);
+        assert_eq!(
+            q.answers.lock().unwrap()[1],
+            (43, PageResponseCode::Invalid)
+        );
+    }
+
+    /// A full page request queue fails the group at once (the guest never
+    /// sees it); so does a group past the bound on open groups.
+    #[test]
+    fn requests_the_guest_cannot_take_fail_at_once() {
+        let (q, prq, b) = rig();
+        prq.full.store(true, Relaxed);
+        *q.pending.lock().unwrap() = vec![fault(Some(1), 0, 0x1000, true, 9)];
+        b.forward();
+        assert_eq!(
+            *q.answers.lock().unwrap(),
+            vec![(9, PageResponseCode::Invalid)]
+        );
+        b.page_response(Some(1), 0, 0);
+        assert_eq!(b.counters.stray_responses.load(Relaxed), 1);
+
+        prq.full.store(false, Relaxed);
+        q.answers.lock().unwrap().clear();
+        // A guest that never answers: the open groups stay bounded.
+        let groups = (0..MAX_OPEN_GROUPS as u32 + 1)
+            .map(|i| fault(Some(i / 512 + 1), i % 512, 0x1000, true, 100 + i))
+            .collect();
+        *q.pending.lock().unwrap() = groups;
+        b.forward();
+        assert_eq!(prq.queued.lock().unwrap().len(), MAX_OPEN_GROUPS);
+        let last = 100 + MAX_OPEN_GROUPS as u32;
+        assert_eq!(
+            *q.answers.lock().unwrap(),
+            vec![(last, PageResponseCode::Invalid)]
+        );
+        assert_eq!(b.counters.refused.load(Relaxed), 2);
+    }
 }

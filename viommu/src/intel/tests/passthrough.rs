@@ -41,6 +41,7 @@ impl HostIommu for FakeHost {
         HostCapabilities {
             nesting: self.nesting,
             max_pasid_log2: self.pasid_log2,
+            page_requests: false,
         }
     }
     fn attach(&self, to: HostAttachment) -> Result<(), HostIommuError> {
