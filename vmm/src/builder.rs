@@ -371,6 +371,14 @@ pub fn build(cli: &Cli) -> Result<Vm, VmmError> {
             )
             .map_err(|e| VmmError::Setup(format!("vfio{i} at {bdf}: {e}")))?;
             bars.assign(&mut dev)?;
+            // Page requests reach the guest only on the nested path, from
+            // a unit that takes them; elsewhere the guest must not see PRI.
+            let page_requests =
+                behind.is_some() && nested_path && vtd.is_some_and(|v| v.pasid_bits > 0);
+            if dev.has_pri() && !page_requests {
+                log::info!("vfio{i} at {bdf}: PRI hidden (its page requests would reach nobody)");
+                dev.hide_pri();
+            }
             let has_pri = dev.has_pri();
             root.add_device(bdf, Arc::new(Mutex::new(dev)));
             let counters = match behind {
@@ -386,8 +394,7 @@ pub fn build(cli: &Cli) -> Result<Vm, VmmError> {
                         // cannot nest: every device there is shadowed.
                         caps.nesting = false;
                     }
-                    // The unit takes page requests when it has PASIDs.
-                    caps.page_requests = has_pri && vtd.is_some_and(|v| v.pasid_bits > 0);
+                    caps.page_requests = has_pri;
                     let ep = viommu::host_iommufd::IommufdEndpoint::new(
                         bdf.0,
                         &pt.guest_ram,

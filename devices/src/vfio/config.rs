@@ -24,7 +24,9 @@
 //! - the PRI capability's control, status and allocation registers:
 //!   vfio-pci makes PRI read-only and the host kernel owns the real
 //!   enable, so a guest `pci_enable_pri` (which wants Stopped set, then
-//!   sets Enable) only works against our copy;
+//!   sets Enable) only works against our copy; the whole capability is
+//!   hidden (a null header keeping the chain) when the VMM does not
+//!   forward the device's page requests to the guest;
 //! - the synthesized PASID capability (which vfio-pci hides) and the
 //!   capability header whose Next pointer leads to it.
 //!
@@ -389,6 +391,27 @@ impl VirtualConfig {
         self.own(pri, &values, &mask);
         self.emu
             .set_w1c_mask_u16(pri + PRI_STATUS, PRI_STATUS_ERRORS);
+    }
+
+    /// Hides the PRI capability from the guest: its header reads as a null
+    /// capability (ID 0, version 0) that keeps the Next pointer, so the
+    /// chain after it stays intact, and its body reads as zeros. For a
+    /// device whose page requests would reach nobody (no nested path with
+    /// a fault queue): the guest's driver then knows the device cannot
+    /// fault pages in, instead of enabling PRI and waiting for answers.
+    /// Call before the guest runs (the power-on state is taken again).
+    pub fn hide_pri(&mut self) {
+        let Some(pri) = self.caps.pri.take() else {
+            return;
+        };
+        let next = u32_at(&self.presented(), pri) & 0xfff0_0000;
+        let mut values = [0u8; PRI_LEN];
+        values[..4].copy_from_slice(&next.to_le_bytes());
+        self.own(pri, &values, &[]);
+        self.emu.set_w1c_mask_u16(pri + PRI_STATUS, 0);
+        if self.initial.is_some() {
+            self.seal();
+        }
     }
 
     /// Adds the PASID capability vfio-pci hides, sized from the host and the

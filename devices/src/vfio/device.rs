@@ -150,6 +150,12 @@ impl VfioPciDevice {
         self.config.caps().pri.is_some()
     }
 
+    /// Hides the PRI capability (see `VirtualConfig::hide_pri`): for a
+    /// device whose page requests are not forwarded to the guest.
+    pub fn hide_pri(&mut self) {
+        self.config.hide_pri();
+    }
+
     pub fn requester_id(&self) -> u16 {
         self.requester_id
     }

@@ -276,3 +276,33 @@ fn no_pasid_without_viommu_pasids() {
     let mut r = rig_with(nvme_config(), Some((PASID_HOST, 0)));
     assert_eq!(extended_caps(&presented(&mut r)).len(), 3);
 }
+
+/// A device whose page requests would reach nobody shows no PRI: the
+/// capability reads as a null one that keeps the chain, writes to it do
+/// nothing, and a function reset keeps it hidden.
+#[test]
+fn pri_can_be_hidden() {
+    let mut r = rig();
+    assert!(r.dev.has_pri());
+    r.dev.hide_pri();
+    assert!(!r.dev.has_pri());
+    let cfg = presented(&mut r);
+    let ext: Vec<(usize, u16)> = extended_caps(&cfg);
+    // PRI was last: the null header (Next 0) ends the list there.
+    assert_eq!(ext, vec![(AER, 1), (ATS, 0x0f)]);
+    assert_eq!(r.cfg_read(PRI, 4), 0, "ID 0, version 0, Next 0");
+    for off in (4..16).step_by(4) {
+        assert_eq!(r.cfg_read(PRI + off, 4), 0);
+    }
+    r.cfg_write(PRI + 4, 2, 1);
+    r.cfg_write(PRI + 12, 4, 0x20);
+    assert_eq!(r.cfg_read(PRI + 4, 4), 0);
+    assert_eq!(r.cfg_read(PRI + 12, 4), 0);
+    assert!(
+        r.fake.config_writes().is_empty(),
+        "nothing reached the device"
+    );
+    r.dev.reset();
+    assert_eq!(extended_caps(&presented(&mut r)), ext);
+    assert_eq!(r.cfg_read(PRI + 4, 4), 0);
+}
