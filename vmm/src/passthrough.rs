@@ -12,7 +12,7 @@ use devices::vfio::{open_device, VfioDevice};
 use log::info;
 use viommu::host::HostCapabilities;
 use viommu::host_iommufd::{DeviceAttach, GuestRamIoas};
-use viommu::intel::regs::{CAP_FL1GP, CAP_FL5LP};
+use viommu::intel::regs::{ecap_pasid_bits, CAP_FL1GP, CAP_FL5LP};
 use viommu::intel::VtdConfig;
 use viommu::iommufd::{HwInfo, Iommufd};
 use viommu::GuestMemoryMmap;
@@ -140,6 +140,7 @@ pub fn viommu_config(
                     path: d.config.path.display().to_string(),
                     nesting: d.nesting,
                     host_cap: d.hw_info.vtd.map(|v| v.cap_reg),
+                    host_ecap: d.hw_info.vtd.map(|v| v.ecap_reg),
                 })
                 .collect()
         })
@@ -154,6 +155,8 @@ struct Behind {
     nesting: bool,
     /// The host VT-d unit's Capability Register (IOMMU_GET_HW_INFO).
     host_cap: Option<u64>,
+    /// And its Extended Capability Register.
+    host_ecap: Option<u64>,
 }
 
 /// [`viommu_config`] over the devices behind the vIOMMU.
@@ -201,6 +204,20 @@ fn choose_viommu(cfg: ViommuConfig, behind: &[Behind]) -> Result<ViommuChoice, V
                 let cap = b.host_cap.unwrap_or(0);
                 vtd.fl1gp &= cap & CAP_FL1GP != 0;
                 vtd.fl5lp &= cap & CAP_FL5LP != 0;
+            }
+            // The guest's PASIDs are the host's on this path: no wider
+            // than every host unit's (ECAP.PASID/PSS), none without.
+            let host_bits = behind
+                .iter()
+                .map(|b| ecap_pasid_bits(b.host_ecap.unwrap_or(0)))
+                .min()
+                .unwrap_or(0);
+            if vtd.pasid_bits > host_bits {
+                info!(
+                    "vIOMMU: pasid-bits {} -> {host_bits} (the host IOMMU's PASID width)",
+                    vtd.pasid_bits
+                );
+                vtd.pasid_bits = host_bits;
             }
             info!(
                 "vIOMMU: nested path for passthrough devices (guest first-stage tables as \
@@ -271,6 +288,8 @@ mod tests {
 
     /// A host unit with both first-stage formats.
     const HOST_CAP: u64 = CAP_FL1GP | CAP_FL5LP;
+    /// And 20-bit PASIDs.
+    const HOST_ECAP: u64 = viommu::intel::regs::ECAP_PASID | 19 << 35;
 
     fn choose_with(spec: &str, behind: &[(&str, bool, u64)]) -> Result<ViommuChoice, String> {
         let behind: Vec<Behind> = behind
@@ -279,6 +298,7 @@ mod tests {
                 path: p.to_string(),
                 nesting,
                 host_cap: Some(cap),
+                host_ecap: Some(HOST_ECAP),
             })
             .collect();
         choose_viommu(parse_viommu(spec).unwrap(), &behind).map_err(|e| e.to_string())
@@ -372,5 +392,30 @@ mod tests {
         assert_eq!(f.cap() & (CAP_FL1GP | CAP_FL5LP), CAP_FL1GP);
         let c = choose_with("intel", &[("/dev/x", true, 0)]).unwrap();
         assert!(!c.vtd.fl1gp && !c.vtd.fl5lp);
+    }
+
+    #[test]
+    fn nested_pasids_are_no_wider_than_the_host_s() {
+        let c = choose_path("intel,pasid-bits=20", &[("/dev/x", true)]).unwrap();
+        assert_eq!(c.vtd.pasid_bits, 20);
+        let behind = |ecap| {
+            vec![Behind {
+                path: "/dev/x".into(),
+                nesting: true,
+                host_cap: Some(HOST_CAP),
+                host_ecap: Some(ecap),
+            }]
+        };
+        let narrow = viommu::intel::regs::ECAP_PASID | 7 << 35;
+        let c = choose_viommu(
+            parse_viommu("intel,pasid-bits=20").unwrap(),
+            &behind(narrow),
+        );
+        assert_eq!(c.unwrap().vtd.pasid_bits, 8);
+        let c = choose_viommu(parse_viommu("intel,pasid-bits=20").unwrap(), &behind(0));
+        assert_eq!(c.unwrap().vtd.pasid_bits, 0, "a host without PASIDs");
+        // The shadow path keeps the option (no PASID reaches the host).
+        let c = choose_path("intel,pasid-bits=20,nested=off", &[("/dev/x", true)]).unwrap();
+        assert_eq!(c.vtd.pasid_bits, 20);
     }
 }

@@ -81,6 +81,22 @@ pub const CCMD_ICC: u64 = 1 << 63;
 pub const CAP_FL1GP: u64 = 1 << 56;
 /// CAP.FL5LP: 5-level first-stage tables.
 pub const CAP_FL5LP: u64 = 1 << 60;
+/// ECAP.PRS: page requests (§11.4.3).
+pub const ECAP_PRS: u64 = 1 << 29;
+/// ECAP.PASID: requests with PASID are supported.
+pub const ECAP_PASID: u64 = 1 << 40;
+/// ECAP.PSS: PASID size supported, minus one (bits 39:35).
+pub const ECAP_PSS_SHIFT: u32 = 35;
+pub const ECAP_PSS_MASK: u64 = 0x1f;
+
+/// The PASID width a unit's ECAP supports (0: no PASIDs).
+pub fn ecap_pasid_bits(ecap: u64) -> u8 {
+    if ecap & ECAP_PASID == 0 {
+        0
+    } else {
+        ((ecap >> ECAP_PSS_SHIFT) & ECAP_PSS_MASK) as u8 + 1
+    }
+}
 pub const IOTLB_IVT: u64 = 1 << 63;
 pub const ICS_IWC: u32 = 1;
 pub const PRS_PPR: u32 = 1;
@@ -170,11 +186,11 @@ impl Features {
                 e |= 1 << 31;
             }
             if self.pasid_bits > 0 {
-                e |= 1 << 40; // PASID
-                e |= ((self.pasid_bits as u64) - 1) << 35; // PSS
+                e |= ECAP_PASID;
+                e |= ((self.pasid_bits as u64) - 1) << ECAP_PSS_SHIFT;
             }
             if self.page_requests {
-                e |= 1 << 29 | 1 << 42; // PRS, PDS
+                e |= ECAP_PRS | 1 << 42; // PRS, PDS
             }
         }
         e
