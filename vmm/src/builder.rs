@@ -372,9 +372,16 @@ pub fn build(cli: &Cli) -> Result<Vm, VmmError> {
             .map_err(|e| VmmError::Setup(format!("vfio{i} at {bdf}: {e}")))?;
             bars.assign(&mut dev)?;
             // Page requests reach the guest only on the nested path, from
-            // a unit that takes them; elsewhere the guest must not see PRI.
-            let page_requests =
-                behind.is_some() && nested_path && vtd.is_some_and(|v| v.pasid_bits > 0);
+            // a host unit that hands them over (ECAP.PRS) to a unit that
+            // takes them; elsewhere the guest must not see PRI.
+            let host_prs = opened
+                .hw_info
+                .vtd
+                .is_some_and(|v| v.ecap_reg & viommu::intel::regs::ECAP_PRS != 0);
+            let page_requests = behind.is_some()
+                && nested_path
+                && host_prs
+                && vtd.is_some_and(|v| v.pasid_bits > 0);
             if dev.has_pri() && !page_requests {
                 log::info!("vfio{i} at {bdf}: PRI hidden (its page requests would reach nobody)");
                 dev.hide_pri();
